@@ -1,0 +1,265 @@
+"""The S-step DDIM sampler, the deterministic encoder (inversion) and slerp.
+
+``sample`` and ``encode`` run the whole loop as one ``jax.lax.scan`` inside one ``jax.jit``:
+no Python loop over steps, no host sync, and a compile time that does not grow with S. The
+timesteps, ``alphas_cumprod``, ``eta``, the key and ``eps_fn_args`` are traced, so new values
+(new params, a new x_T, a new key, another sequence of the same length) reuse the compiled
+program; ``eps_fn`` and the option flags are static.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddim_jax.diffusion import (
+    _check_alphas_cumprod,
+    _check_batch,
+    _concrete,
+    _posterior_step_one,
+    _sigma_one,
+    _x_prev_from_x0_eps,
+    alpha_at,
+    check_eta,
+    check_prediction_type,
+    eps_and_x0_from_output,
+)
+
+Array = Any
+EpsFn = Callable[..., Array]
+
+
+def _check_sequence(seq, num_timesteps: int, fn: str) -> None:
+    shape = np.shape(seq)
+    if len(shape) != 1 or shape[0] < 1:
+        raise ValueError(f"{fn}: seq must be a non-empty 1-D array of timesteps [S], got shape {shape}")
+    if shape[0] > num_timesteps:
+        raise ValueError(f"{fn}: seq has S = {shape[0]} steps, more than T = {num_timesteps}")
+    if not jnp.issubdtype(jnp.result_type(seq), jnp.integer):
+        raise ValueError(f"{fn}: seq must hold integer timesteps, got dtype {jnp.result_type(seq)}")
+    values = _concrete(seq)
+    if values is None:
+        return
+    if values.min() < 0 or values.max() > num_timesteps - 1:
+        raise ValueError(f"{fn}: seq values must lie in [0, T-1 = {num_timesteps - 1}], got [{values.min()}, {values.max()}]")
+    if values.size > 1 and not np.all(np.diff(values) < 0):
+        raise ValueError(f"{fn}: seq must be strictly descending (as timestep_sequence returns it), got {values.tolist()}")
+
+
+def _check_eps_fn(eps_fn, eps_fn_args, fn: str) -> tuple:
+    if not callable(eps_fn):
+        raise ValueError(f"{fn}: eps_fn must be callable as eps_fn(x, t, *eps_fn_args), got {type(eps_fn).__name__}")
+    if not isinstance(eps_fn_args, (tuple, list)):
+        raise ValueError(f"{fn}: eps_fn_args must be a tuple of extra arguments, got {type(eps_fn_args).__name__}")
+    return tuple(eps_fn_args)
+
+
+def _call_model(eps_fn, x, t, eps_fn_args, fn: str):
+    t_batch = jnp.full((x.shape[0],), t, dtype=jnp.int32)
+    output = eps_fn(x, t_batch, *eps_fn_args)
+    if output.shape != x.shape:
+        raise ValueError(f"{fn}: eps_fn returned shape {output.shape} for input shape {x.shape}; they must match")
+    return output.astype(x.dtype)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("eps_fn", "prediction_type", "clip_x0", "noise_kind", "return_trajectory")
+)
+def _sample_scan(
+    eps_fn, x_T, timesteps, prev_timesteps, alphas_cumprod, eta, step_keys, eps_fn_args,
+    *, prediction_type, clip_x0, noise_kind, return_trajectory,
+):
+    def step(x_t, inputs):
+        t, t_prev, key = inputs
+        output = _call_model(eps_fn, x_t, t, eps_fn_args, "sample")
+        eps, x0_hat = eps_and_x0_from_output(output, x_t, t, alphas_cumprod, prediction_type, clip_x0)
+        if noise_kind == "none":
+            x_prev = _x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), 0.0, 0.0)
+        else:
+            noise = jax.random.normal(key, x_t.shape, x_t.dtype)
+            if noise_kind == "eta":
+                sigma = _sigma_one(t, t_prev, alphas_cumprod, eta)
+                x_prev = _x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), sigma, noise)
+            else:  # sigma_hat
+                x_prev = _posterior_step_one(x_t, x0_hat, t, t_prev, alphas_cumprod, noise)
+        x_prev = x_prev.astype(x_t.dtype)
+        return x_prev, ((x_t, x0_hat) if return_trajectory else None)
+
+    x0, trajectory = jax.lax.scan(step, x_T, (timesteps, prev_timesteps, step_keys))
+    return x0, trajectory
+
+
+def sample(
+    eps_fn: EpsFn,
+    x_T: Array,
+    seq: Array,
+    alphas_cumprod: Array,
+    eta: float = 0.0,
+    key: Array | None = None,
+    *,
+    eps_fn_args: tuple = (),
+    clip_x0: bool = False,
+    prediction_type: str = "eps",
+    sigma_hat: bool = False,
+    return_trajectory: bool = False,
+):
+    """Runs the generative process of paper Eq. 12 over a timestep sub-sequence (section 4.2).
+
+    For ``i = 0..S-1`` with ``t = seq[i]`` and ``t_prev = seq[i+1]`` (``-1`` after the last):
+    ``x0_hat`` from Eq. 9, then ``x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps
+    + sigma z`` with ``sigma = sigma(eta)`` of Eq. 16. The final step returns x0_hat.
+
+    Args:
+      eps_fn: the model, ``eps_fn(x [B, ...], t int32 [B], *eps_fn_args) -> [B, ...]``.
+      x_T: the starting latent ``[B, ...]`` (standard normal for sampling, or a code from
+        :func:`encode`).
+      seq: int ``[S]``, strictly descending timesteps in ``[0, T-1]`` (see
+        ``timestep_sequence``).
+      alphas_cumprod: ``[T]``.
+      eta: in ``[0, 1]``; 0 = DDIM (deterministic), 1 = DDPM ancestral sampling.
+      key: PRNG key; required when ``eta > 0`` or ``sigma_hat``. Step ``i`` draws its noise as
+        ``jax.random.normal(jax.random.split(key, S)[i], x_T.shape, x_T.dtype)``.
+      eps_fn_args: extra traced arguments for ``eps_fn`` (e.g. ``(params,)``), so that new
+        params do not trigger a recompilation.
+      clip_x0: clip x0_hat to [-1, 1] each step (eps is then re-derived from the clipped x0_hat).
+      prediction_type: what ``eps_fn`` predicts: ``"eps"``, ``"x0"`` or ``"v"``.
+      sigma_hat: use the paper's Table 1 sigma-hat row (DDPM posterior mean plus
+        ``sqrt(1 - a_t / a_prev)`` noise) instead of Eq. 12; needs ``eta = 0`` and a key.
+      return_trajectory: also return ``{"x_t": [S, B, ...], "x0_hat": [S, B, ...]}``: the input
+        of every step and its x0 prediction (off by default: memory then does not grow with S).
+    Returns:
+      ``x0 [B, ...]``, or ``(x0, trajectory)`` with ``return_trajectory=True``.
+    """
+    fn = "sample"
+    num_timesteps = _check_alphas_cumprod(alphas_cumprod, fn)
+    _check_batch(x_T, fn, "x_T")
+    _check_sequence(seq, num_timesteps, fn)
+    eps_fn_args = _check_eps_fn(eps_fn, eps_fn_args, fn)
+    check_prediction_type(prediction_type, fn)
+    check_eta(eta, fn)
+    concrete_eta = _concrete(eta)
+    if sigma_hat:
+        if concrete_eta is None or float(concrete_eta) != 0.0:
+            raise ValueError(f"{fn}: sigma_hat=True replaces eta's variance; pass eta=0.0 with it")
+        noise_kind = "sigma_hat"
+    elif concrete_eta is not None and float(concrete_eta) == 0.0:
+        noise_kind = "none"
+    else:
+        noise_kind = "eta"
+    if noise_kind != "none" and key is None:
+        raise ValueError(f"{fn}: a PRNG key is required when eta > 0 or sigma_hat=True")
+
+    seq = jnp.asarray(seq, jnp.int32)
+    num_steps = seq.shape[0]
+    prev_timesteps = jnp.concatenate([seq[1:], jnp.full((1,), -1, jnp.int32)])
+    step_keys = None if noise_kind == "none" else jax.random.split(key, num_steps)
+    x0, trajectory = _sample_scan(
+        eps_fn, jnp.asarray(x_T), seq, prev_timesteps, jnp.asarray(alphas_cumprod),
+        jnp.asarray(eta, jnp.float32), step_keys, eps_fn_args,
+        prediction_type=prediction_type, clip_x0=bool(clip_x0), noise_kind=noise_kind,
+        return_trajectory=bool(return_trajectory),
+    )
+    if return_trajectory:
+        x_ts, x0_hats = trajectory
+        return x0, {"x_t": x_ts, "x0_hat": x0_hats}
+    return x0
+
+
+@functools.partial(jax.jit, static_argnames=("eps_fn", "prediction_type", "eps_at"))
+def _encode_scan(eps_fn, x0, from_timesteps, to_timesteps, alphas_cumprod, eps_fn_args, *, prediction_type, eps_at):
+    def step(x_from, inputs):
+        t_from, t_to = inputs
+        t_eval = t_to if eps_at == "next" else jnp.maximum(t_from, 0)
+        output = _call_model(eps_fn, x_from, t_eval, eps_fn_args, "encode")
+        eps, _ = eps_and_x0_from_output(output, x_from, t_eval, alphas_cumprod, prediction_type)
+        alpha_from, alpha_to = alpha_at(alphas_cumprod, t_from), alpha_at(alphas_cumprod, t_to)
+        x0_hat = (x_from - jnp.sqrt(1.0 - alpha_from) * eps) / jnp.sqrt(alpha_from)
+        x_to = jnp.sqrt(alpha_to) * x0_hat + jnp.sqrt(1.0 - alpha_to) * eps
+        return x_to.astype(x_from.dtype), None
+
+    x_T, _ = jax.lax.scan(step, x0, (from_timesteps, to_timesteps))
+    return x_T
+
+
+def encode(
+    eps_fn: EpsFn,
+    x0: Array,
+    seq: Array,
+    alphas_cumprod: Array,
+    *,
+    eps_fn_args: tuple = (),
+    prediction_type: str = "eps",
+    eps_at: str = "next",
+) -> Array:
+    """Deterministic encoding x0 -> x_T (paper section 5.4): the eta = 0 update run upward in t.
+
+    Over ``-1 -> seq[S-1] -> ... -> seq[0]`` (``seq`` descending, as for :func:`sample`), each
+    step computes ``x0_hat = (x - sqrt(1 - a_from) eps) / sqrt(a_from)`` and
+    ``x_to = sqrt(a_to) x0_hat + sqrt(1 - a_to) eps``: it inverts the DDIM step
+    ``t_to -> t_from`` of Eq. 12 (sigma = 0) with eps evaluated at the known point ``x_from``.
+    ``sample(eps_fn, encode(eps_fn, x0, seq, ac), seq, ac)`` then reconstructs x0, with an
+    error that falls as S grows (paper Table 2).
+
+    Args:
+      eps_fn, eps_fn_args, prediction_type: as for :func:`sample`.
+      x0: data ``[B, ...]``.
+      seq: int ``[S]``, strictly descending, the same sequence the code will be decoded with.
+      alphas_cumprod: ``[T]``.
+      eps_at: the timestep eps is evaluated at in each step: ``"next"`` (``t_to``: the timestep
+        whose decoding step is being inverted; the default) or ``"current"`` (``t_from``, the
+        explicit Euler step of the probability-flow ODE; 0 on the first step from x0).
+    Returns: ``x_T [B, ...]``.
+    """
+    fn = "encode"
+    num_timesteps = _check_alphas_cumprod(alphas_cumprod, fn)
+    _check_batch(x0, fn, "x0")
+    _check_sequence(seq, num_timesteps, fn)
+    eps_fn_args = _check_eps_fn(eps_fn, eps_fn_args, fn)
+    check_prediction_type(prediction_type, fn)
+    if eps_at not in ("next", "current"):
+        raise ValueError(f"{fn}: eps_at must be 'next' or 'current', got {eps_at!r}")
+    ascending = jnp.asarray(seq, jnp.int32)[::-1]
+    from_timesteps = jnp.concatenate([jnp.full((1,), -1, jnp.int32), ascending[:-1]])
+    return _encode_scan(
+        eps_fn, jnp.asarray(x0), from_timesteps, ascending, jnp.asarray(alphas_cumprod), eps_fn_args,
+        prediction_type=prediction_type, eps_at=eps_at,
+    )
+
+
+@jax.jit
+def _slerp(z0, z1, alpha):
+    flat0, flat1 = z0.reshape(-1), z1.reshape(-1)
+    cos_theta = jnp.dot(flat0, flat1) / (jnp.linalg.norm(flat0) * jnp.linalg.norm(flat1))
+    theta = jnp.arccos(jnp.clip(cos_theta, -1.0, 1.0))
+    sin_theta = jnp.sin(theta)
+    nearly_parallel = sin_theta < 1e-6
+    safe_sin = jnp.where(nearly_parallel, 1.0, sin_theta)
+    alpha = alpha.reshape(alpha.shape + (1,) * z0.ndim)
+    weight0 = jnp.where(nearly_parallel, 1.0 - alpha, jnp.sin((1.0 - alpha) * theta) / safe_sin)
+    weight1 = jnp.where(nearly_parallel, alpha, jnp.sin(alpha * theta) / safe_sin)
+    return weight0 * z0 + weight1 * z1
+
+
+def slerp(z0: Array, z1: Array, alpha: float | Array) -> Array:
+    """Spherical linear interpolation between two codes (paper section 5.3, Figure 6).
+
+    ``slerp = sin((1 - alpha) theta) / sin(theta) z0 + sin(alpha theta) / sin(theta) z1`` with
+    ``theta`` the angle between ``z0`` and ``z1`` taken as flat vectors (falls back to linear
+    interpolation when they are parallel). For per-example angles over a batch of codes, use
+    ``jax.vmap(slerp, (0, 0, None))``.
+
+    Args:
+      z0, z1: codes of the same shape (e.g. ``x_T [H, W, C]``).
+      alpha: scalar in [0, 1], or ``[K]`` to get ``K`` interpolants at once.
+    Returns: ``z0.shape`` for a scalar alpha, ``[K, *z0.shape]`` for ``[K]``.
+    """
+    if np.shape(z0) != np.shape(z1):
+        raise ValueError(f"slerp: z0 and z1 must have the same shape, got {np.shape(z0)} and {np.shape(z1)}")
+    if np.ndim(alpha) > 1:
+        raise ValueError(f"slerp: alpha must be a scalar or 1-D, got shape {np.shape(alpha)}")
+    z0, z1 = jnp.asarray(z0), jnp.asarray(z1)
+    return _slerp(z0, z1, jnp.asarray(alpha, z0.dtype))

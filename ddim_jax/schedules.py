@@ -1,0 +1,141 @@
+"""Noise schedules and timestep sub-sequences.
+
+Conventions (DESIGN.md section 2): the DDIM paper writes alpha_t for what DDPM calls
+alpha-bar_t; here it is ``alphas_cumprod[t] = prod_{s <= t} (1 - betas[s])`` for the timestep
+index ``t`` in ``0 .. T-1``.
+
+Everything here is host-side NumPy in float64: schedules and step sequences are built once,
+before tracing, and rounding them in float32 moves some steps (e.g. 665 vs 666).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+BETA_SCHEDULES = ("linear", "quad", "cosine", "const", "jsd", "sigmoid")
+SPACINGS = ("uniform", "quad", "leading", "trailing", "linspace")
+
+
+def make_betas(
+    kind: str,
+    num_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 2e-2,
+) -> np.ndarray:
+    """Returns the forward-process variances ``betas``, float64 ``[T]``.
+
+    Args:
+      kind: ``"linear"`` (DDPM: linspace(beta_start, beta_end)), ``"quad"`` (linear in
+        sqrt(beta)), ``"cosine"`` (Nichol & Dhariwal 2021, s = 0.008, betas capped at 0.999;
+        ignores beta_start / beta_end), ``"const"`` (beta_end everywhere), ``"jsd"``
+        (1/T, 1/(T-1), ..., 1) or ``"sigmoid"`` (sigmoid over [-6, 6] scaled to
+        [beta_start, beta_end]). The non-cosine kinds follow the DDIM authors' code.
+      num_timesteps: T, the number of training timesteps.
+      beta_start, beta_end: the first and last beta of the linear-type schedules.
+    """
+    if kind not in BETA_SCHEDULES:
+        raise ValueError(f"make_betas: unknown schedule kind {kind!r}; expected one of {BETA_SCHEDULES}")
+    if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
+        raise ValueError(f"make_betas: num_timesteps must be a positive int, got {num_timesteps!r}")
+    if not (0.0 < beta_start <= beta_end < 1.0):
+        raise ValueError(
+            f"make_betas: need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
+        )
+    num_timesteps = int(num_timesteps)
+    if kind == "linear":
+        betas = np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+    elif kind == "quad":
+        betas = np.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_timesteps, dtype=np.float64) ** 2
+    elif kind == "const":
+        betas = np.full(num_timesteps, beta_end, dtype=np.float64)
+    elif kind == "jsd":
+        betas = 1.0 / np.linspace(num_timesteps, 1, num_timesteps, dtype=np.float64)
+    elif kind == "sigmoid":
+        ramp = np.linspace(-6.0, 6.0, num_timesteps, dtype=np.float64)
+        betas = 1.0 / (1.0 + np.exp(-ramp)) * (beta_end - beta_start) + beta_start
+    else:  # cosine
+        offset = 0.008
+        steps = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
+        alpha_bar = np.cos((steps + offset) / (1.0 + offset) * math.pi / 2.0) ** 2
+        betas = np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], 0.999)
+    return betas
+
+
+def alphas_cumprod_from_betas(betas) -> jnp.ndarray:
+    """``alphas_cumprod[t] = prod_{s<=t} (1 - betas[s])`` (the paper's alpha_t), float32 ``[T]``.
+
+    The product is taken in float64 on the host and cast once, so long schedules do not
+    accumulate float32 rounding.
+    """
+    betas = np.asarray(betas, dtype=np.float64)
+    if betas.ndim != 1 or betas.size == 0:
+        raise ValueError(f"alphas_cumprod_from_betas: betas must be a non-empty 1-D array, got shape {betas.shape}")
+    if not np.all((betas > 0.0) & (betas <= 1.0)):
+        raise ValueError("alphas_cumprod_from_betas: every beta must lie in (0, 1]")
+    return jnp.asarray(np.cumprod(1.0 - betas), dtype=jnp.float32)
+
+
+def _strictly_increasing_in_range(steps: np.ndarray, num_timesteps: int) -> np.ndarray:
+    """Nudges integer steps into a strictly increasing sequence inside [0, T-1].
+
+    The ideal (real-valued) steps of every spacing are already increasing; rounding can only
+    create ties, which a forward pass (push up) and a backward pass (push down, from T-1)
+    remove while moving each step as little as possible. Feasible whenever S <= T.
+    """
+    steps = steps.astype(np.int64).copy()
+    for i in range(1, steps.size):
+        steps[i] = max(steps[i], steps[i - 1] + 1)
+    steps[-1] = min(steps[-1], num_timesteps - 1)
+    for i in range(steps.size - 2, -1, -1):
+        steps[i] = min(steps[i], steps[i + 1] - 1)
+    return steps
+
+
+def timestep_sequence(num_steps: int, num_timesteps: int = 1000, kind: str = "uniform") -> np.ndarray:
+    """The S timesteps a sampler visits, int32 ``[S]``, strictly descending, in ``[0, T-1]``.
+
+    The generative process of the paper (section 4.2) runs on a sub-sequence tau of
+    ``1..T``; here timesteps are 0-based, and the step after the last one is ``t_prev = -1``
+    (alpha = 1). Kinds, as ascending real-valued positions ``p_i`` for ``i = 0..S-1``:
+
+    - ``"uniform"``: ``floor(i * T / S)``: the authors' ``range(0, T, T // S)`` when S divides
+      T, and exactly S steps when it does not (theirs gives S + 1 for e.g. S = 30).
+    - ``"quad"``: ``floor((i / (S-1) * sqrt(0.8 T))^2)`` as in the authors' code (used for
+      CIFAR-10), with ties resolved so there are exactly S distinct steps (theirs repeats).
+    - ``"leading"``: ``i * (T // S)`` (integer stride from 0).
+    - ``"trailing"``: ``round(T - i * T / S) - 1``: ends at T-1.
+    - ``"linspace"``: ``round(linspace(0, T-1, S))``: both ends included.
+
+    Every kind returns exactly S distinct steps for every 1 <= S <= T.
+    """
+    if kind not in SPACINGS:
+        raise ValueError(f"timestep_sequence: unknown spacing kind {kind!r}; expected one of {SPACINGS}")
+    if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
+        raise ValueError(f"timestep_sequence: num_timesteps must be a positive int, got {num_timesteps!r}")
+    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
+        raise ValueError(f"timestep_sequence: num_steps must be an int, got {num_steps!r}")
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(
+            f"timestep_sequence: num_steps must be in [1, num_timesteps={num_timesteps}], got {num_steps}"
+        )
+    num_steps, num_timesteps = int(num_steps), int(num_timesteps)
+    index = np.arange(num_steps, dtype=np.float64)
+    if kind == "uniform":
+        ascending = np.floor(index * num_timesteps / num_steps)
+    elif kind == "quad":
+        if num_steps == 1:
+            ascending = np.zeros(1)
+        else:
+            ascending = np.floor((index / (num_steps - 1) * math.sqrt(0.8 * num_timesteps)) ** 2)
+    elif kind == "leading":
+        ascending = index * (num_timesteps // num_steps)
+    elif kind == "trailing":
+        # floor(x + 0.5) rather than np.round: round-half-to-even can merge neighbours 1 apart.
+        ascending = (np.floor(num_timesteps - index * num_timesteps / num_steps + 0.5) - 1)[::-1]
+    else:  # linspace
+        ascending = np.floor(np.linspace(0.0, num_timesteps - 1, num_steps) + 0.5)
+    ascending = _strictly_increasing_in_range(ascending, num_timesteps)
+    return ascending[::-1].astype(np.int32).copy()
