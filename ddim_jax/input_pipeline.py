@@ -1,0 +1,233 @@
+"""Training and evaluation images: TFDS ``data_source`` + grain, and scikit-learn's digits.
+
+No TensorFlow is needed to read: TFDS datasets are opened with ``tfds.data_source`` in the
+``array_record`` format and fed to a grain ``MapDataset``. Preparing (downloading) a TFDS dataset
+the first time does need TensorFlow -- see :class:`DatasetNotPreparedError` for the command.
+
+Order is a pure function of ``(seed, step)``: the stream of training examples is the dataset
+shuffled with a fresh permutation every epoch (grain's ``shuffle`` + ``repeat``); the global batch of
+step ``s`` is examples ``[s * B, (s + 1) * B)`` of that stream, and process ``p`` of ``P`` reads the
+``p``-th slice of ``B / P`` of them. Random flips are drawn per example from ``(seed, index)``.
+So a run resumed at step ``s`` sees exactly the batches an uninterrupted run would, with any number
+of processes or devices.
+
+All images come out as float32 [H, W, C] in [-1, 1] (``uint8 / 127.5 - 1``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterator, Protocol, Sequence
+
+from absl import flags
+import grain
+import ml_collections
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "DatasetNotPreparedError",
+    "open_source",
+    "preprocess_image",
+    "train_dataset",
+    "train_batches",
+    "load_eval_images",
+]
+
+_FLIP_SEED_OFFSET = 0x5EED
+
+
+class DatasetNotPreparedError(ValueError):
+    """A TFDS dataset is not downloaded/prepared in the array_record format."""
+
+
+class ImageSource(Protocol):
+    """Random access to uint8 images [H, W, C]."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+
+class ArrayImageSource:
+    """An in-memory uint8 [N, H, W, C] array as a grain random-access source."""
+
+    def __init__(self, images: np.ndarray):
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 [N, H, W, C] images, got {images.dtype} {images.shape}")
+        self._images = images
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._images[index]
+
+
+class TfdsImageSource:
+    """The ``image`` feature of a TFDS data source, read one record at a time.
+
+    Only ``__len__`` and ``__getitem__`` are defined, so grain reads item by item (TFDS's batched
+    ``__getitems__`` does not work under ``tfds.testing.mock_data``).
+    """
+
+    def __init__(self, source):
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        image = np.asarray(self._source[int(index)]["image"])
+        if image.ndim == 2:
+            image = image[..., None]
+        return image
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_uint8() -> np.ndarray:
+    """scikit-learn's 1,797 UCI digits as uint8 [1797, 8, 8, 1]; grey levels 0..16 -> 0..255."""
+    from sklearn.datasets import load_digits  # ships with scikit-learn: no network
+
+    images = load_digits().images  # float64 [1797, 8, 8], integer values 0..16
+    return np.rint(images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+
+
+def _prepare_hint(name: str, data_dir: str | None) -> str:
+    target = f" --data_dir={data_dir}" if data_dir else ""
+    return (f"TFDS dataset {name!r} is not prepared in the array_record format"
+            f"{' under ' + data_dir if data_dir else ''}. Prepare it once (needs TensorFlow and the "
+            f"network): pip install -e \".[prepare]\" && tfds build {name} --file_format=array_record{target}")
+
+
+def open_source(config: ml_collections.ConfigDict, split: str) -> ImageSource:
+    """Opens ``split`` of ``config.data.name`` for random access (never downloads anything).
+
+    Raises:
+      DatasetNotPreparedError: a TFDS dataset has not been prepared (the message says how).
+    """
+    name = config.data.name
+    if name == "digits":
+        if split != "train":
+            raise ValueError(f"the digits dataset has only the 'train' split, got {split!r}")
+        return ArrayImageSource(_digits_uint8())
+    import tensorflow_datasets as tfds  # imported lazily: slow, and not needed for the digits
+
+    data_dir = config.data.data_dir
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False, try_gcs=False,
+                                  builder_kwargs={"file_format": "array_record"})
+    except (KeyError, FileNotFoundError, AssertionError) as err:
+        # TFDS raises KeyError ("splits is empty") for an unprepared dataset and AssertionError or
+        # FileNotFoundError for a missing/mismatched data dir.
+        raise DatasetNotPreparedError(f"{_prepare_hint(name, data_dir)} ({type(err).__name__}: {err})") from err
+    return TfdsImageSource(source)
+
+
+def preprocess_image(image: np.ndarray, config: ml_collections.ConfigDict, flip: bool = False) -> np.ndarray:
+    """uint8 [h, w, C] -> float32 [S, S, C] in [-1, 1]: crop, resize to S = image_size, flip, scale."""
+    crop = None if config.data.crop is None else tuple(config.data.crop)
+    return _preprocess(np.asarray(image), config.data.image_size, crop, flip)
+
+
+def _preprocess(image: np.ndarray, size: int, crop: tuple[int, int, int, int] | None, flip: bool) -> np.ndarray:
+    if crop is not None:
+        top, left, height, width = crop
+        if top + height > image.shape[0] or left + width > image.shape[1]:
+            raise ValueError(f"config.data.crop {crop} does not fit a {image.shape} image")
+        image = image[top:top + height, left:left + width]
+    if image.shape[:2] != (size, size):
+        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+        resized = np.asarray(pil.resize((size, size), resample=Image.Resampling.BICUBIC))
+        image = resized.reshape(size, size, image.shape[-1])
+    if flip:
+        image = image[:, ::-1]
+    return image.astype(np.float32) / 127.5 - 1.0
+
+
+class _Preprocess(grain.transforms.Map):
+    """Picklable (for grain workers) crop/resize/scale without flips."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self._size = config.data.image_size
+        self._crop = None if config.data.crop is None else tuple(config.data.crop)
+
+    def map(self, element: np.ndarray) -> np.ndarray:
+        return _preprocess(element, self._size, self._crop, flip=False)
+
+
+class _PreprocessWithFlip(grain.transforms.RandomMap):
+    """As :class:`_Preprocess`, plus a horizontal flip with probability 1/2 from grain's per-example rng."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self._size = config.data.image_size
+        self._crop = None if config.data.crop is None else tuple(config.data.crop)
+
+    def random_map(self, element: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return _preprocess(element, self._size, self._crop, flip=bool(rng.integers(2)))
+
+
+def _check_batch_split(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise ValueError(f"config.training.batch_size={global_batch} is not divisible by the "
+                         f"{process_count} processes")
+    return global_batch // process_count
+
+
+def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> grain.MapDataset:
+    """The local training batches of this process from ``start_step`` on, as a grain MapDataset.
+
+    Element ``k`` is this process's float32 [B / P, H, W, C] slice of the global batch of step
+    ``start_step + k``.
+    """
+    local_batch = _check_batch_split(config.training.batch_size, process_count)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    seed = config.training.seed
+    dataset = grain.MapDataset.source(open_source(config, config.data.train_split))
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {config.data.name!r} split {config.data.train_split!r} is empty")
+    dataset = dataset.shuffle(seed=seed).repeat()  # a new permutation each epoch
+    if config.data.random_flip:
+        dataset = dataset.random_map(_PreprocessWithFlip(config), seed=(seed + _FLIP_SEED_OFFSET) % 2**32)
+    else:
+        dataset = dataset.map(_Preprocess(config))
+    dataset = dataset.batch(local_batch, drop_remainder=True)
+    # Local batch index of (step s, process p) is s * P + p: the global batch is contiguous.
+    return dataset[start_step * process_count + process_index::process_count]
+
+
+def train_batches(config: ml_collections.ConfigDict, *, start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[np.ndarray]:
+    """Iterates this process's training batches (float32 [B / P, H, W, C]) from ``start_step`` on.
+
+    Reads in background threads, or in ``config.data.num_workers`` grain worker processes (the
+    entry point then needs a ``__main__`` guard and parsed absl flags).
+    """
+    dataset = train_dataset(config, start_step=start_step, process_index=process_index,
+                            process_count=process_count)
+    iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=8))
+    if config.data.num_workers > 0:
+        # grain's workers read absl flags; outside an absl app (a notebook, a test) none were parsed.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    return iter(iter_dataset)
+
+
+def load_eval_images(config: ml_collections.ConfigDict, num: int, seed: int = 0) -> np.ndarray:
+    """``num`` images of ``config.data.eval_split`` in a seeded random order, without flips.
+
+    Returns:
+      float32 [num, H, W, C] in [-1, 1] (H = W = ``config.data.image_size``).
+    """
+    if num <= 0:
+        raise ValueError(f"load_eval_images: num must be positive, got {num}")
+    source = open_source(config, config.data.eval_split)
+    if num > len(source):
+        raise ValueError(f"load_eval_images: asked for {num} images, but split "
+                         f"{config.data.eval_split!r} of {config.data.name!r} has {len(source)}")
+    dataset = grain.MapDataset.source(source).shuffle(seed=seed)
+    indices: Sequence[int] = range(num)
+    return np.stack([preprocess_image(dataset[i], config) for i in indices])
