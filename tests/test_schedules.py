@@ -1,0 +1,101 @@
+"""Beta schedules, alphas_cumprod and timestep sub-sequences against float64 references."""
+import math
+
+import numpy as np
+import pytest
+
+from ddim_jax import SPACINGS, alphas_cumprod_from_betas, make_betas, timestep_sequence
+
+
+def test_linear_schedule_matches_ddpm():
+    betas = make_betas("linear", 1000)
+    assert betas.dtype == np.float64 and betas.shape == (1000,)
+    assert betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.02)
+    alphas_cumprod = np.asarray(alphas_cumprod_from_betas(betas))
+    assert alphas_cumprod.dtype == np.float32
+    reference = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
+    np.testing.assert_allclose(alphas_cumprod, reference, rtol=2e-6)
+    # DDPM's linear schedule ends with alpha-bar_T ~ 4.04e-5 (sqrt ~ 0.00635): the data is
+    # almost fully destroyed at t = T-1.
+    assert alphas_cumprod[-1] == pytest.approx(4.035e-5, rel=1e-3)
+    # alpha_0 = 1 - beta_0: index 0 is the first *noisy* step, not the clean data.
+    assert alphas_cumprod[0] == pytest.approx(1 - 1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["linear", "quad", "cosine", "const", "jsd", "sigmoid"])
+def test_every_schedule_is_a_valid_variance_sequence(kind):
+    betas = make_betas(kind, 1000)
+    assert betas.shape == (1000,)
+    assert np.all(betas > 0) and np.all(betas <= 1)
+    alphas_cumprod = np.asarray(alphas_cumprod_from_betas(betas))
+    assert np.all(np.diff(alphas_cumprod) <= 0)
+
+
+def test_quad_and_cosine_formulas():
+    quad = make_betas("quad", 10, 1e-4, 2e-2)
+    np.testing.assert_allclose(np.sqrt(quad), np.linspace(0.01, math.sqrt(0.02), 10), rtol=1e-12)
+    cosine = make_betas("cosine", 1000)
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+    for t in (0, 1, 500, 998):
+        assert cosine[t] == pytest.approx(min(1 - f(t + 1) / f(t), 0.999), rel=1e-10)
+    assert cosine[-1] == pytest.approx(0.999)
+    np.testing.assert_allclose(make_betas("jsd", 4), [1 / 4, 1 / 3, 1 / 2, 1.0])
+
+
+@pytest.mark.parametrize("num_timesteps", [1, 7, 50, 1000])
+@pytest.mark.parametrize("kind", SPACINGS)
+def test_exactly_S_distinct_descending_steps_for_every_S(kind, num_timesteps):
+    for num_steps in range(1, num_timesteps + 1):
+        seq = timestep_sequence(num_steps, num_timesteps, kind)
+        assert seq.dtype == np.int32 and seq.shape == (num_steps,), (kind, num_steps)
+        assert np.all(np.diff(seq) < 0), (kind, num_steps, seq)
+        assert seq.min() >= 0 and seq.max() <= num_timesteps - 1, (kind, num_steps)
+
+
+def test_uniform_matches_authors_when_S_divides_T_and_fixes_their_extra_step():
+    for num_steps in (10, 20, 50, 100, 1000):
+        authors = np.arange(0, 1000, 1000 // num_steps)[::-1]
+        np.testing.assert_array_equal(timestep_sequence(num_steps, 1000, "uniform"), authors)
+    # The authors' range(0, T, T // S) gives 31 steps for S = 30: we give exactly 30.
+    assert len(range(0, 1000, 1000 // 30)) == 31
+    seq = timestep_sequence(30, 1000, "uniform")
+    assert seq.shape == (30,) and seq[-1] == 0 and seq[0] == 966
+
+
+def test_quad_matches_authors_where_they_have_no_repeats_and_removes_repeats():
+    authors = (np.linspace(0, np.sqrt(1000 * 0.8), 10) ** 2).astype(int)
+    np.testing.assert_array_equal(timestep_sequence(10, 1000, "quad")[::-1], authors)
+    authors_100 = (np.linspace(0, np.sqrt(1000 * 0.8), 100) ** 2).astype(int)
+    assert len(np.unique(authors_100)) < 100  # their quad sequence wastes model calls
+    ours = timestep_sequence(100, 1000, "quad")
+    assert len(np.unique(ours)) == 100
+    # Away from the crowded start the steps are the authors' own.
+    np.testing.assert_array_equal(ours[::-1][20:], authors_100[20:])
+
+
+def test_leading_trailing_linspace_reference_values():
+    np.testing.assert_array_equal(timestep_sequence(3, 1000, "leading"), [666, 333, 0])
+    np.testing.assert_array_equal(timestep_sequence(3, 1000, "trailing"), [999, 666, 332])
+    np.testing.assert_array_equal(timestep_sequence(4, 1000, "linspace"), [999, 666, 333, 0])
+    np.testing.assert_array_equal(timestep_sequence(10, 1000, "trailing")[:3], [999, 899, 799])
+    # float64 rounding: the float32 linspace would give 665 for the middle step of S = 4.
+    assert timestep_sequence(4, 1000, "linspace")[1] == 666
+    np.testing.assert_array_equal(timestep_sequence(1000, 1000, "trailing"), np.arange(999, -1, -1))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: timestep_sequence(0, 1000), "num_steps"),
+        (lambda: timestep_sequence(1001, 1000), "num_steps"),
+        (lambda: timestep_sequence(10, 1000, "cubic"), "spacing"),
+        (lambda: timestep_sequence(2.5, 1000), "num_steps"),
+        (lambda: make_betas("exponential", 1000), "schedule"),
+        (lambda: make_betas("linear", 0), "num_timesteps"),
+        (lambda: make_betas("linear", 10, beta_start=0.1, beta_end=0.01), "beta_start"),
+        (lambda: alphas_cumprod_from_betas(np.array([0.1, 1.5])), "beta"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
