@@ -1,0 +1,84 @@
+r"""Sample images from a trained ddim-jax run or a published DDPM checkpoint.
+
+  python sample.py --steps 20                         # grid from runs/digits (EMA params)
+  python sample.py --workdir runs/cifar10 --steps 50 --eta 1 --out ddpm.png
+  python sample.py --num 50000 --batch-size 500 --out fid.npz   # exactly 50,000, resumable
+  python sample.py --mode interpolate|reconstruct|consistency
+  python sample.py --pretrained path/to/diffusers_dir --steps 20
+
+`--out` ending in `.png` writes a grid; ending in `.npz` writes `images`, uint8 [N, H, W, C].
+Dashed spellings (`--batch-size`, `--sigma-hat`, `--no-ema`, `--no-clip`) are accepted too.
+User errors exit with status 1 and one line on stderr. The logic lives in `ddim_jax/sample_lib.py`.
+"""
+
+import sys
+
+from absl import app, flags
+
+from ddim_jax import sample_lib
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("workdir", "runs/digits", "Training run to sample (its latest good checkpoint).")
+flags.DEFINE_string("pretrained", None,
+                    "A diffusers-format UNet2DModel checkpoint (local dir or hub id) instead of --workdir.")
+flags.DEFINE_string("mode", "samples", f"One of {', '.join(sample_lib.MODES)}.")
+flags.DEFINE_integer("steps", 20, "S, the number of sampling steps (1..T).")
+flags.DEFINE_float("eta", 0.0, "Eq. 16's eta: 0 = DDIM (deterministic), 1 = DDPM.")
+flags.DEFINE_bool("sigma_hat", False, "Use the larger variance sigma_hat (Table 1's last row) instead of eta.")
+flags.DEFINE_string("skip", None,
+                    f"Timestep spacing, one of {', '.join(sample_lib.SKIP_KINDS)} (default: the run's config).")
+flags.DEFINE_integer("num", None,
+                     "Images (samples, reconstruct, consistency) or rows (interpolate); default per mode: "
+                     + ", ".join(f"{mode} {num}" for mode, num in sample_lib.DEFAULT_NUM.items()) + ".")
+flags.DEFINE_integer("batch_size", None, "Images per device batch (default: the run's config, else 64).")
+flags.DEFINE_integer("seed", 0, "Same seed (and batch size), same images.")
+flags.DEFINE_string("out", None, "Output .png (grid) or .npz (uint8 images); default under <workdir>/samples/.")
+flags.DEFINE_bool("ema", True, "Sample the EMA params (--noema / --no-ema: the raw params).")
+flags.DEFINE_bool("clip", None, "Clip predicted x0 to [-1, 1] (default: the run's config).")
+flags.DEFINE_list("step_counts", None,
+                  "Step counts for reconstruct / consistency (default 10,20,50,100[,1000], clipped to T).")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def _boolean_flag_names():
+    return [name for name in FLAGS if FLAGS[name].boolean]
+
+
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        step_counts = None if FLAGS.step_counts is None else [int(v) for v in FLAGS.step_counts]
+    except ValueError:
+        _fail(f"--step_counts must be comma-separated integers, got {','.join(FLAGS.step_counts)!r}")
+    options = sample_lib.SampleOptions(
+        workdir=FLAGS.workdir,
+        pretrained=FLAGS.pretrained,
+        mode=FLAGS.mode,
+        steps=FLAGS.steps,
+        eta=FLAGS.eta,
+        sigma_hat=FLAGS.sigma_hat,
+        skip=FLAGS.skip,
+        num=FLAGS.num,
+        batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed,
+        out=FLAGS.out,
+        use_ema=FLAGS.ema,
+        clip_x0=FLAGS.clip,
+        step_counts=step_counts,
+        progress=FLAGS.progress,
+    )
+    try:
+        sample_lib.run(options)
+    except sample_lib.SampleError as error:
+        _fail(str(error))
+
+
+def _fail(message: str) -> None:
+    print(f"sample.py: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main, argv=sample_lib.normalize_argv(sys.argv, _boolean_flag_names()))
