@@ -29,3 +29,4 @@ from ddim_jax.diffusion import (
 from ddim_jax.sampling import sample, encode, slerp
 
 # --- other modules register their public names below this line (one import per line) ---
+from ddim_jax.models import UNet, create_model

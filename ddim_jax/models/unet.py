@@ -1,0 +1,419 @@
+"""The DDPM UNet (Ho et al. 2020, Appendix B), which DDIM reuses unchanged, in Flax linen (NHWC).
+
+Architecture (for the CIFAR-10 settings ``ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
+attn_resolutions=(16,)`` this is exactly the 35,746,307-parameter model of the published
+``google/ddpm-cifar10-32`` checkpoint):
+
+- a sinusoidal timestep embedding of width ``ch`` followed by a two-layer MLP
+  (``ch -> 4 ch -> 4 ch``, swish in between);
+- ``conv_in``, then one down block per entry of ``ch_mult``: ``num_res_blocks`` residual blocks
+  (GroupNorm, swish, conv, + projected time embedding, GroupNorm, swish, dropout, conv), each followed
+  by single-head self-attention when the block's resolution is in ``attn_resolutions``, and a
+  stride-2 downsample except at the last level;
+- a middle block (residual block, attention, residual block);
+- one up block per level in reverse order with ``num_res_blocks + 1`` residual blocks, each taking the
+  concatenation of the running activation and one stored skip activation, and a nearest x2 upsample
+  except at the last level;
+- GroupNorm, swish, ``conv_out``.
+
+Module and parameter names mirror the diffusers ``UNet2DModel`` state dict
+(``down_blocks.1.attentions.0.to_q.weight`` is ``down_blocks_1/attentions_0/to_q/kernel`` here),
+so that :mod:`ddim_jax.pretrained` maps published weights one to one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# DDPM initialises with variance scaling (fan_avg, uniform); the layers that end a residual branch
+# (a residual block's conv2, the attention output projection) and the output conv start near zero.
+_NEAR_ZERO_SCALE = 1e-10
+
+
+def _init(scale: float = 1.0):
+    return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+def timestep_embedding(
+    timesteps: jax.Array,
+    dim: int,
+    *,
+    flip_sin_to_cos: bool = False,
+    freq_shift: float = 1.0,
+    max_period: float = 10000.0,
+) -> jax.Array:
+    """Sinusoidal timestep embedding (DDPM; Transformer position encoding).
+
+    With ``half = dim // 2`` and ``k = 0 .. half - 1``::
+
+        freq_k = exp(-log(max_period) * k / (half - freq_shift))
+        emb    = [sin(t * freq_k) for k] ++ [cos(t * freq_k) for k]      (cos first if flipped)
+
+    ``freq_shift=1, flip_sin_to_cos=False`` is DDPM's original embedding. An odd ``dim`` gets one
+    trailing zero.
+
+    Args:
+      timesteps: ``[B]`` integer or float timesteps.
+      dim: embedding width.
+
+    Returns:
+      ``[B, dim]`` float32.
+    """
+    half = dim // 2
+    if half - freq_shift <= 0:
+        raise ValueError(f"timestep embedding dim={dim} is too small for freq_shift={freq_shift}")
+    # Frequencies are static: compute them in float64 on the host, then round once to float32.
+    freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / (half - freq_shift))
+    args = timesteps.astype(jnp.float32)[:, None] * jnp.asarray(freqs, jnp.float32)[None, :]
+    sin, cos = jnp.sin(args), jnp.cos(args)
+    emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+    if dim % 2 == 1:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+def _group_norm(num_groups: int, eps: float, name: str) -> nn.GroupNorm:
+    # Two-pass variance (as PyTorch computes it) rather than E[x^2] - E[x]^2.
+    return nn.GroupNorm(num_groups=num_groups, epsilon=eps, use_fast_variance=False, name=name)
+
+
+def _conv3x3(features: int, name: str, scale: float = 1.0) -> nn.Conv:
+    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_init(scale), name=name)
+
+
+class TimestepEmbedding(nn.Module):
+    """``linear_2(swish(linear_1(emb)))``: ``[B, ch] -> [B, 4 ch]``."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, emb: jax.Array) -> jax.Array:
+        emb = nn.Dense(self.features, kernel_init=_init(), name="linear_1")(emb)
+        emb = nn.swish(emb)
+        return nn.Dense(self.features, kernel_init=_init(), name="linear_2")(emb)
+
+
+class ResnetBlock(nn.Module):
+    """DDPM residual block with additive time conditioning: ``[B, H, W, C_in] -> [B, H, W, out_ch]``."""
+
+    out_ch: int
+    num_groups: int
+    norm_eps: float
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
+        h = nn.swish(_group_norm(self.num_groups, self.norm_eps, "norm1")(x))
+        h = _conv3x3(self.out_ch, "conv1")(h)
+        h = h + nn.Dense(self.out_ch, kernel_init=_init(), name="time_emb_proj")(nn.swish(temb))[
+            :, None, None, :
+        ]
+        h = nn.swish(_group_norm(self.num_groups, self.norm_eps, "norm2")(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = _conv3x3(self.out_ch, "conv2", scale=_NEAR_ZERO_SCALE)(h)
+        if x.shape[-1] != self.out_ch:
+            x = nn.Conv(self.out_ch, (1, 1), kernel_init=_init(), name="conv_shortcut")(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over all ``H * W`` positions with a residual connection.
+
+    ``softmax(q k^T / sqrt(d)) v`` per head, ``d = C / num_heads``; ``head_dim=None`` is one head
+    (DDPM). ``[B, H, W, C] -> [B, H, W, C]``.
+    """
+
+    num_groups: int
+    norm_eps: float
+    head_dim: int | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, height, width, channels = x.shape
+        head_dim = channels if self.head_dim is None else self.head_dim
+        if channels % head_dim:
+            raise ValueError(f"attention head_dim={head_dim} does not divide the {channels} channels")
+        num_heads = channels // head_dim
+        h = _group_norm(self.num_groups, self.norm_eps, "group_norm")(x)
+        h = h.reshape(batch, height * width, channels)
+        q, k, v = (
+            nn.Dense(channels, kernel_init=_init(), name=n)(h).reshape(batch, -1, num_heads, head_dim)
+            for n in ("to_q", "to_k", "to_v")
+        )
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        h = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, height * width, channels)
+        h = nn.Dense(channels, kernel_init=_init(_NEAR_ZERO_SCALE), name="to_out_0")(h)
+        return x + h.reshape(batch, height, width, channels)
+
+
+class Downsample(nn.Module):
+    """Halve H and W: a stride-2 3x3 conv, or a 2x2 average pool when ``with_conv`` is False.
+
+    ``padding=0`` pads one row/column at the bottom/right only (TensorFlow "SAME" for even sizes, as
+    in DDPM); ``padding=1`` pads one on every side.
+    """
+
+    with_conv: bool
+    padding: int = 0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if not self.with_conv:
+            return nn.avg_pool(x, (2, 2), strides=(2, 2))
+        pad = ((0, 1), (0, 1)) if self.padding == 0 else ((self.padding,) * 2,) * 2
+        return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=pad, kernel_init=_init(), name="conv")(x)
+
+
+class Upsample(nn.Module):
+    """Double H and W by nearest-neighbour repetition, then a 3x3 conv if ``with_conv``."""
+
+    with_conv: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        if self.with_conv:
+            x = _conv3x3(x.shape[-1], "conv")(x)
+        return x
+
+
+class DownBlock(nn.Module):
+    """One resolution level of the encoder. Returns the output and the skip activations it stores."""
+
+    out_ch: int
+    num_res_blocks: int
+    use_attention: bool
+    add_downsample: bool
+    num_groups: int
+    norm_eps: float
+    dropout: float
+    attn_head_dim: int | None
+    resamp_with_conv: bool
+    downsample_padding: int
+
+    @nn.compact
+    def __call__(self, x, temb, train):
+        skips = []
+        for i in range(self.num_res_blocks):
+            x = ResnetBlock(self.out_ch, self.num_groups, self.norm_eps, self.dropout, name=f"resnets_{i}")(
+                x, temb, train
+            )
+            if self.use_attention:
+                x = AttentionBlock(self.num_groups, self.norm_eps, self.attn_head_dim, name=f"attentions_{i}")(x)
+            skips.append(x)
+        if self.add_downsample:
+            x = Downsample(self.resamp_with_conv, self.downsample_padding, name="downsamplers_0")(x)
+            skips.append(x)
+        return x, skips
+
+
+class UpBlock(nn.Module):
+    """One resolution level of the decoder; consumes ``num_res_blocks + 1`` skip activations."""
+
+    out_ch: int
+    num_res_blocks: int
+    use_attention: bool
+    add_upsample: bool
+    num_groups: int
+    norm_eps: float
+    dropout: float
+    attn_head_dim: int | None
+    resamp_with_conv: bool
+
+    @nn.compact
+    def __call__(self, x, skips, temb, train):
+        for i in range(self.num_res_blocks + 1):
+            x = jnp.concatenate([x, skips.pop()], axis=-1)
+            x = ResnetBlock(self.out_ch, self.num_groups, self.norm_eps, self.dropout, name=f"resnets_{i}")(
+                x, temb, train
+            )
+            if self.use_attention:
+                x = AttentionBlock(self.num_groups, self.norm_eps, self.attn_head_dim, name=f"attentions_{i}")(x)
+        if self.add_upsample:
+            x = Upsample(self.resamp_with_conv, name="upsamplers_0")(x)
+        return x
+
+
+class MidBlock(nn.Module):
+    """Residual block, attention, residual block at the lowest resolution."""
+
+    num_groups: int
+    norm_eps: float
+    dropout: float
+    attn_head_dim: int | None
+
+    @nn.compact
+    def __call__(self, x, temb, train):
+        channels = x.shape[-1]
+        x = ResnetBlock(channels, self.num_groups, self.norm_eps, self.dropout, name="resnets_0")(x, temb, train)
+        x = AttentionBlock(self.num_groups, self.norm_eps, self.attn_head_dim, name="attentions_0")(x)
+        return ResnetBlock(channels, self.num_groups, self.norm_eps, self.dropout, name="resnets_1")(x, temb, train)
+
+
+class UNet(nn.Module):
+    """The DDPM noise-prediction network ``eps_theta(x_t, t)``.
+
+    Attributes:
+      ch: base channel count (128 for CIFAR-10).
+      ch_mult: channel multiplier per resolution level; ``len(ch_mult) - 1`` downsamplings.
+      num_res_blocks: residual blocks per level in the encoder (the decoder has one more).
+      attn_resolutions: spatial sizes (H) at which encoder/decoder blocks add self-attention.
+      dropout: dropout rate inside residual blocks (only with ``train=True``).
+      resamp_with_conv: conv down/upsampling (DDPM) or average-pool / plain nearest upsampling.
+      out_ch: output channels (the data's channels: 3 for RGB, 1 for MNIST).
+      num_groups: GroupNorm groups; must divide every level's channel count.
+      norm_eps: GroupNorm epsilon.
+      flip_sin_to_cos, freq_shift: timestep-embedding variant (defaults: DDPM's; see
+        :func:`timestep_embedding`).
+      downsample_padding: 0 (DDPM: pad bottom/right) or 1 (pad all sides) for conv downsampling.
+      attn_head_dim: channels per attention head; ``None`` is a single head (DDPM).
+    """
+
+    ch: int = 128
+    ch_mult: Sequence[int] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (16,)
+    dropout: float = 0.1
+    resamp_with_conv: bool = True
+    out_ch: int = 3
+    num_groups: int = 32
+    norm_eps: float = 1e-6
+    flip_sin_to_cos: bool = False
+    freq_shift: float = 1.0
+    downsample_padding: int = 0
+    attn_head_dim: int | None = None
+
+    def __post_init__(self):
+        _validate_hparams(self)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+        """Predict the noise (or whatever the model was trained to output).
+
+        Args:
+          x: ``[B, H, W, C]`` float, ``H == W`` divisible by ``2 ** (len(ch_mult) - 1)``.
+          t: ``[B]`` timesteps (integers in ``0 .. T-1``), or a scalar used for every example.
+          train: enable dropout (needs ``rngs={"dropout": key}``).
+
+        Returns:
+          ``[B, H, W, out_ch]`` float32.
+        """
+        x = jnp.asarray(x)
+        t = jnp.asarray(t)
+        _validate_inputs(x, t, len(self.ch_mult))
+        batch, size = x.shape[0], x.shape[1]
+        t = jnp.broadcast_to(t, (batch,))
+        x = x.astype(jnp.float32)
+        temb_dim = 4 * self.ch
+
+        temb = timestep_embedding(t, self.ch, flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift)
+        temb = TimestepEmbedding(temb_dim, name="time_embedding")(temb)
+
+        common = dict(num_groups=self.num_groups, norm_eps=self.norm_eps, dropout=self.dropout)
+        h = _conv3x3(self.ch, "conv_in")(x)
+        skips = [h]
+        num_levels = len(self.ch_mult)
+        for level, mult in enumerate(self.ch_mult):
+            h, level_skips = DownBlock(
+                out_ch=self.ch * mult,
+                num_res_blocks=self.num_res_blocks,
+                use_attention=(size >> level) in self.attn_resolutions,
+                add_downsample=level != num_levels - 1,
+                attn_head_dim=self.attn_head_dim,
+                resamp_with_conv=self.resamp_with_conv,
+                downsample_padding=self.downsample_padding,
+                name=f"down_blocks_{level}",
+                **common,
+            )(h, temb, train)
+            skips.extend(level_skips)
+
+        h = MidBlock(attn_head_dim=self.attn_head_dim, name="mid_block", **common)(h, temb, train)
+
+        for i, mult in enumerate(reversed(self.ch_mult)):
+            level = num_levels - 1 - i
+            h = UpBlock(
+                out_ch=self.ch * mult,
+                num_res_blocks=self.num_res_blocks,
+                use_attention=(size >> level) in self.attn_resolutions,
+                add_upsample=level != 0,
+                attn_head_dim=self.attn_head_dim,
+                resamp_with_conv=self.resamp_with_conv,
+                name=f"up_blocks_{i}",
+                **common,
+            )(h, skips, temb, train)
+        assert not skips, "every stored skip activation must be consumed"
+
+        h = nn.swish(_group_norm(self.num_groups, self.norm_eps, "conv_norm_out")(h))
+        return _conv3x3(self.out_ch, "conv_out", scale=_NEAR_ZERO_SCALE)(h)
+
+
+def _validate_hparams(model: UNet) -> None:
+    ch_mult = tuple(model.ch_mult)
+    if model.ch < 1 or not ch_mult or any(int(m) != m or m < 1 for m in ch_mult):
+        raise ValueError(f"UNet needs ch >= 1 and positive integer ch_mult, got ch={model.ch}, ch_mult={ch_mult}")
+    if model.num_res_blocks < 1:
+        raise ValueError(f"UNet num_res_blocks must be >= 1, got {model.num_res_blocks}")
+    if not 0.0 <= model.dropout < 1.0:
+        raise ValueError(f"UNet dropout must be in [0, 1), got {model.dropout}")
+    if model.out_ch < 1:
+        raise ValueError(f"UNet out_ch must be >= 1, got {model.out_ch}")
+    if model.num_groups < 1:
+        raise ValueError(f"UNet num_groups must be >= 1, got {model.num_groups}")
+    for channels in sorted({model.ch * m for m in ch_mult}):
+        if channels % model.num_groups:
+            raise ValueError(
+                f"UNet num_groups={model.num_groups} must divide every level's channels; {channels} "
+                f"(ch={model.ch} x ch_mult) is not divisible"
+            )
+        if model.attn_head_dim is not None and channels % model.attn_head_dim:
+            raise ValueError(f"UNet attn_head_dim={model.attn_head_dim} does not divide {channels} channels")
+    if model.downsample_padding not in (0, 1):
+        raise ValueError(f"UNet downsample_padding must be 0 or 1, got {model.downsample_padding}")
+
+
+def _validate_inputs(x: jax.Array, t: jax.Array, num_levels: int) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"UNet input x must be 4-D [B, H, W, C] (NHWC), got shape {x.shape}")
+    batch, height, width, _ = x.shape
+    factor = 2 ** (num_levels - 1)
+    if height != width or height % factor:
+        raise ValueError(
+            f"UNet input must be square with H == W divisible by {factor} (2 ** (len(ch_mult) - 1)); "
+            f"got H={height}, W={width} from x of shape {x.shape} (is it NCHW instead of NHWC?)"
+        )
+    if t.shape not in ((), (batch,)):
+        raise ValueError(f"UNet timesteps t must have shape [B]=({batch},) or be a scalar, got shape {t.shape}")
+    if not (jnp.issubdtype(t.dtype, jnp.integer) or jnp.issubdtype(t.dtype, jnp.floating)):
+        raise ValueError(f"UNet timesteps t must be integer (or float), got dtype {t.dtype}")
+
+
+def create_model(config: Any) -> UNet:
+    """Build the UNet of a run config: reads ``config.model.*`` and ``config.data.channels``.
+
+    Optional ``config.model`` keys ``flip_sin_to_cos``, ``freq_shift``, ``downsample_padding`` and
+    ``attn_head_dim`` (set by converted checkpoints) default to DDPM's choices.
+    """
+    model_cfg = config.model
+    return UNet(
+        ch=int(model_cfg.ch),
+        ch_mult=tuple(int(m) for m in model_cfg.ch_mult),
+        num_res_blocks=int(model_cfg.num_res_blocks),
+        attn_resolutions=tuple(int(r) for r in model_cfg.attn_resolutions),
+        dropout=float(model_cfg.dropout),
+        resamp_with_conv=bool(model_cfg.resamp_with_conv),
+        out_ch=int(config.data.channels),
+        num_groups=int(model_cfg.num_groups),
+        norm_eps=float(model_cfg.norm_eps),
+        flip_sin_to_cos=bool(model_cfg.get("flip_sin_to_cos", False)),
+        freq_shift=float(model_cfg.get("freq_shift", 1.0)),
+        downsample_padding=int(model_cfg.get("downsample_padding", 0)),
+        attn_head_dim=model_cfg.get("attn_head_dim", None),
+    )
