@@ -21,6 +21,7 @@ from ddim_jax.schedules import BETA_SCHEDULES, SPACINGS
 __all__ = [
     "ConfigError",
     "SCHEMA",
+    "OPTIONAL_SCHEMA",
     "DATASET_CHANNELS",
     "validate_config",
     "config_to_json",
@@ -121,6 +122,18 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
         "clip_x0": _BOOL,
         "batch_size": _INT,
         "num_samples": _INT,
+    },
+}
+
+
+# Keys a section may omit (the UNet falls back to DDPM's choices). Converted pretrained checkpoints
+# (``ddim_jax.pretrained``) set them to match the published weights' layout.
+OPTIONAL_SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "model": {
+        "flip_sin_to_cos": _BOOL,
+        "freq_shift": _NUM,
+        "downsample_padding": ("0 or 1", lambda v: _is_int(v) and v in (0, 1)),
+        "attn_head_dim": ("an int or None", lambda v: v is None or (_is_int(v) and v > 0)),
     },
 }
 
@@ -238,9 +251,14 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
                 raise ConfigError(f"config.{section}.{key}: missing key")
             if not type_ok(values[key]):
                 raise ConfigError(f"config.{section}.{key}: must be {description}, got {values[key]!r}")
-        unknown_keys = sorted(set(values.keys()) - set(keys))
+        optional = OPTIONAL_SCHEMA.get(section, {})
+        for key, (description, type_ok) in optional.items():
+            if key in values and not type_ok(values[key]):
+                raise ConfigError(f"config.{section}.{key}: must be {description}, got {values[key]!r}")
+        unknown_keys = sorted(set(values.keys()) - set(keys) - set(optional))
         if unknown_keys:
-            raise ConfigError(f"config.{section}.{unknown_keys[0]}: unknown key (known: {sorted(keys)})")
+            raise ConfigError(f"config.{section}.{unknown_keys[0]}: unknown key "
+                              f"(known: {sorted(set(keys) | set(optional))})")
     _check_values(config)
     return config
 

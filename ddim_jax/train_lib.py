@@ -1,0 +1,402 @@
+"""Training a DDPM/DDIM noise-prediction UNet: ``train_and_evaluate(config, workdir)``.
+
+The objective is the paper's L_simple (the same as DDPM; DESIGN.md §2):
+
+    L = E_{x0, t, eps} || eps - eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t) ||^2,
+
+with ``t`` uniform in ``0 .. T-1`` and the forward marginal of paper Eq. 4. One jitted step does
+the forward/backward pass, the optax update (global-norm clip, Adam, linear warmup) and the EMA
+update, with no host sync inside.
+
+Data parallel: a ``Mesh`` over all devices of all processes with one ``data`` axis; the batch is
+sharded along it and the train state is replicated. With ``jax.distributed.initialize`` done first
+(``train.py`` does it), each process feeds its slice of the global batch through
+``jax.make_array_from_process_local_data``. All randomness (init, timesteps, noise, dropout,
+data order, flips) derives from ``config.training.seed`` and the step number, so results do not
+depend on the device or process count, and a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import logging
+
+import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import ml_collections
+import numpy as np
+import optax
+
+from ddim_jax import checkpointing, config_utils, images, input_pipeline
+from ddim_jax.diffusion import forward_marginal
+from ddim_jax.models import create_model
+from ddim_jax.sampling import sample
+from ddim_jax.schedules import alphas_cumprod_from_betas, make_betas, timestep_sequence
+
+__all__ = [
+    "TrainState",
+    "NonFiniteLossError",
+    "make_optimizer",
+    "learning_rate_schedule",
+    "make_alphas_cumprod",
+    "create_train_state",
+    "state_from_params",
+    "l_simple_loss",
+    "make_train_step",
+    "make_mesh",
+    "make_eps_fn",
+    "train_and_evaluate",
+]
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_SUBDIR = "samples"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss (or gradient norm) became NaN or infinite; training stopped."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes (a pytree; replicated over devices).
+
+    Attributes:
+      step: int32 scalar, the number of steps taken (= global batches consumed).
+      params: UNet parameters.
+      ema_params: exponential moving average of ``params`` (what samples are drawn from).
+      opt_state: optax state (includes the step count of the warmup schedule).
+      rng: base PRNG key (uint32 [2]); step ``s`` uses ``fold_in(rng, s)``.
+    """
+
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warmup from 0 to ``optim.learning_rate`` over ``optim.warmup_steps``, then constant."""
+    peak, warmup = config.optim.learning_rate, config.optim.warmup_steps
+    if warmup == 0:
+        return optax.constant_schedule(peak)
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)],
+                                boundaries=[warmup])
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """``clip_by_global_norm(grad_clip_norm)`` followed by Adam with the warmup schedule."""
+    optim = config.optim
+    return optax.chain(
+        optax.clip_by_global_norm(optim.grad_clip_norm),
+        optax.adam(learning_rate_schedule(config), b1=optim.beta1, b2=optim.beta2, eps=optim.eps),
+    )
+
+
+def make_alphas_cumprod(config: ml_collections.ConfigDict) -> jax.Array:
+    """``alphas_cumprod`` [T] of ``config.diffusion``."""
+    diffusion = config.diffusion
+    betas = make_betas(diffusion.beta_schedule, num_timesteps=diffusion.num_timesteps,
+                       beta_start=diffusion.beta_start, beta_end=diffusion.beta_end)
+    return alphas_cumprod_from_betas(betas)
+
+
+def _seed_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+    """(init key, base training key) from ``config.training.seed``."""
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(config.training.seed))
+    return init_key, train_key
+
+
+def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
+    """A fresh state: UNet init from the seed, EMA = params, fresh optimizer state. Jittable."""
+    model = create_model(config)
+    init_key, train_key = _seed_keys(config)
+    size, channels = config.data.image_size, config.data.channels
+    params = model.init({"params": init_key}, jnp.zeros((1, size, size, channels), jnp.float32),
+                        jnp.zeros((1,), jnp.int32))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=make_optimizer(config).init(params), rng=train_key)
+
+
+def state_from_params(config: ml_collections.ConfigDict, params: Any) -> TrainState:
+    """A step-0 state around given params (used by ``checkpointing.export_workdir``)."""
+    _, train_key = _seed_keys(config)
+    params = jax.tree.map(jnp.asarray, params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=make_optimizer(config).init(params), rng=train_key)
+
+
+def l_simple_loss(params: Any, apply_fn: Callable, x0: jax.Array, key: jax.Array,
+                  alphas_cumprod: jax.Array) -> jax.Array:
+    """L_simple (DDPM Eq. 14 / DDIM's shared surrogate objective) on one batch.
+
+    Args:
+      params: UNet params.
+      apply_fn: ``apply_fn(params, x_t, t, dropout_key) -> eps_theta`` [B, H, W, C].
+      x0: data [B, H, W, C] in [-1, 1].
+      key: PRNG key for t, eps and dropout.
+      alphas_cumprod: [T].
+
+    Returns:
+      scalar: mean over batch and pixels of (eps - eps_theta(x_t, t))^2.
+    """
+    t_key, noise_key, dropout_key = jax.random.split(key, 3)
+    batch = x0.shape[0]
+    t = jax.random.randint(t_key, (batch,), 0, alphas_cumprod.shape[0], dtype=jnp.int32)
+    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+    x_t = forward_marginal(x0, t, noise, alphas_cumprod)  # paper Eq. 4
+    eps_pred = apply_fn(params, x_t, t, dropout_key)
+    return jnp.mean(jnp.square(noise - eps_pred))
+
+
+def make_train_step(config: ml_collections.ConfigDict) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
+    """The (un-jitted) train step ``(state, batch [B, H, W, C]) -> (state, metrics)``.
+
+    Metrics are device scalars: ``loss``, ``grad_norm`` (before clipping) and ``finite``
+    (loss and gradient norm are finite). Nothing is fetched to the host here.
+    """
+    model = create_model(config)
+    optimizer = make_optimizer(config)
+    alphas_cumprod = make_alphas_cumprod(config)
+    ema_decay = config.training.ema_decay
+
+    def apply_fn(params, x_t, t, dropout_key):
+        return model.apply({"params": params}, x_t, t, train=True, rngs={"dropout": dropout_key})
+
+    def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(state.rng, state.step)
+        loss, grads = jax.value_and_grad(l_simple_loss)(state.params, apply_fn, batch, key, alphas_cumprod)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = jax.tree.map(lambda ema, new: ema_decay * ema + (1.0 - ema_decay) * new,
+                                  state.ema_params, params)
+        grad_norm = optax.global_norm(grads)
+        metrics = {"loss": loss, "grad_norm": grad_norm,
+                   "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+        new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                                  opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh with axis ``data`` over all devices of all processes."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def make_eps_fn(config: ml_collections.ConfigDict) -> Callable:
+    """``eps_fn(x, t, params)`` for ``sample(..., eps_fn_args=(params,))`` (eval mode, no dropout).
+
+    Build it once per run: ``sample`` is jitted with ``eps_fn`` static, so reusing the same
+    function object reuses the compilation for every new set of params.
+    """
+    model = create_model(config)
+
+    def eps_fn(x, t, params):
+        return model.apply({"params": params}, x, t)
+
+    return eps_fn
+
+
+def _host_value(array: jax.Array) -> np.ndarray:
+    """A replicated (possibly multi-process) array's value on this host."""
+    return np.asarray(array.addressable_data(0))
+
+
+def _check_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as err:
+        raise checkpointing.CheckpointError(f"cannot create workdir {workdir!r}: {err.strerror}") from err
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise checkpointing.CheckpointError(f"workdir {workdir!r} is not writable")
+
+
+def _check_resume_compatible(stored: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                             workdir: str) -> None:
+    """A workdir may only be resumed with the same model, data shape, diffusion, seed and batch."""
+    checks = {
+        "model": (create_model(stored), create_model(config)),
+        "diffusion": (stored.diffusion.to_dict(), config.diffusion.to_dict()),
+        "data.name": (stored.data.name, config.data.name),
+        "data.image_size": (stored.data.image_size, config.data.image_size),
+        "data.channels": (stored.data.channels, config.data.channels),
+        "training.seed": (stored.training.seed, config.training.seed),
+        "training.batch_size": (stored.training.batch_size, config.training.batch_size),
+    }
+    for key, (old, new) in checks.items():
+        if old != new:
+            raise checkpointing.CheckpointError(
+                f"workdir {workdir!r} holds a run with a different config.{key} ({old} there, {new} now); "
+                "use a new workdir or the same config")
+
+
+class _Writer:
+    """Log lines for every process's stderr; JSONL metrics and PNG grids from process 0 only."""
+
+    def __init__(self, workdir: str):
+        self.is_lead = jax.process_index() == 0
+        self.metrics_path = os.path.join(workdir, METRICS_FILE)
+        self.samples_dir = os.path.join(workdir, SAMPLES_SUBDIR)
+
+    def write_metrics(self, record: dict) -> None:
+        if self.is_lead:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def write_grid(self, step: int, samples: np.ndarray, image_size: int) -> str | None:
+        if not self.is_lead:
+            return None
+        path = os.path.join(self.samples_dir, f"step_{step:07d}.png")
+        upscale = max(1, 32 // image_size)
+        images.save_png(path, images.make_grid(images.to_uint8(samples), upscale=upscale))
+        return path
+
+
+def _flush_metrics(pending: list[tuple[int, dict]], last_saved_step: int | None) -> tuple[float, float]:
+    """Fetches queued step metrics; raises NonFiniteLossError at the first non-finite one.
+
+    Returns the mean loss and mean grad norm of the queued steps.
+    """
+    host = [(step, {k: float(_host_value(v)) for k, v in metrics.items()}) for step, metrics in pending]
+    for step, values in host:
+        if not values["finite"]:
+            kept = (f"the last good checkpoint (step {last_saved_step}) is intact"
+                    if last_saved_step is not None else "no checkpoint was written")
+            raise NonFiniteLossError(
+                f"loss became {values['loss']} (grad norm {values['grad_norm']}) at step {step}: "
+                f"training stopped; {kept}. Try a lower optim.learning_rate or check the data")
+    losses = [values["loss"] for _, values in host]
+    norms = [values["grad_norm"] for _, values in host]
+    return float(np.mean(losses)), float(np.mean(norms))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       batches: Iterator[np.ndarray] | None = None) -> TrainState:
+    """Trains (or resumes) the run in ``workdir`` up to ``config.training.num_train_steps``.
+
+    Args:
+      config: a run config (validated here, before anything is read or traced).
+      workdir: checkpoints, ``metrics.jsonl`` and ``samples/step_*.png`` go here. If it holds a
+        checkpoint, training resumes from the latest complete one.
+      batches: optional iterator of this process's local batches starting at the resume step
+        (for tests); default: :func:`input_pipeline.train_batches`.
+
+    Returns:
+      The final TrainState (replicated over the mesh).
+
+    Raises:
+      ConfigError / DatasetNotPreparedError / CheckpointError: user errors (all ``ValueError``).
+      NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is left intact.
+    """
+    config_utils.validate_config(config)
+    workdir = os.path.abspath(os.fspath(workdir))
+    _check_workdir(workdir)
+    training = config.training
+    num_devices = jax.device_count()
+    if training.batch_size % num_devices:
+        raise config_utils.ConfigError(
+            f"config.training.batch_size: {training.batch_size} is not divisible by the {num_devices} devices")
+
+    mesh = make_mesh()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    data_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    writer = _Writer(workdir)
+
+    abstract_state = jax.eval_shape(functools.partial(create_train_state, config))
+    abstract_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                                  abstract_state)
+    manager = checkpointing.make_manager(workdir, keep=training.keep_checkpoints)
+    try:
+        latest = manager.latest_step()
+        if latest is not None:
+            _check_resume_compatible(checkpointing.read_config(manager, latest), config, workdir)
+            state, progress = checkpointing.restore_checkpoint(manager, abstract_state, latest)
+            start_step = int(progress["data_position"])
+            logger.info("Resumed from checkpoint %d in %s", latest, manager.directory)
+        else:
+            state = jax.jit(functools.partial(create_train_state, config), out_shardings=replicated)()
+            start_step = 0
+        last_saved_step = latest
+
+        if start_step >= training.num_train_steps:
+            logger.info("Nothing to do: step %d >= num_train_steps %d", start_step, training.num_train_steps)
+            return state
+
+        if batches is None:
+            batches = input_pipeline.train_batches(config, start_step=start_step,
+                                                   process_index=jax.process_index(),
+                                                   process_count=jax.process_count())
+        train_step = jax.jit(make_train_step(config), in_shardings=(replicated, data_sharding),
+                             out_shardings=(replicated, replicated), donate_argnums=(0,))
+        grid = _GridSampler(config, replicated) if training.num_grid_samples > 0 else None
+        schedule = learning_rate_schedule(config)
+        num_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(abstract_state.params))
+        logger.info("Training %s: %d params, %d devices, %d processes, steps %d -> %d", config.data.name,
+                     num_params, num_devices, jax.process_count(), start_step, training.num_train_steps)
+
+        pending: list[tuple[int, dict]] = []
+        window_start, window_step = time.perf_counter(), start_step
+        for step in range(start_step, training.num_train_steps):
+            local_batch = next(batches)
+            batch = jax.make_array_from_process_local_data(data_sharding, local_batch)
+            state, metrics = train_step(state, batch)
+            pending.append((step, metrics))
+            done = step + 1
+            is_last = done == training.num_train_steps
+            if done % training.log_every_steps == 0 or done % training.checkpoint_every_steps == 0 or is_last:
+                loss, grad_norm = _flush_metrics(pending, last_saved_step)
+                now = time.perf_counter()
+                steps_per_sec = (done - window_step) / max(now - window_start, 1e-9)
+                record = {"step": done, "loss": loss, "grad_norm": grad_norm, "learning_rate": float(schedule(step)),
+                          "steps_per_sec": steps_per_sec,
+                          "images_per_sec": steps_per_sec * training.batch_size, "time": time.time()}
+                writer.write_metrics(record)
+                logger.info("step %d/%d  loss %.5f  grad_norm %.3f  %.2f steps/s  %.1f images/s", done,
+                             training.num_train_steps, loss, grad_norm, steps_per_sec, record["images_per_sec"])
+                pending.clear()
+                window_start, window_step = time.perf_counter(), done
+            if done % training.checkpoint_every_steps == 0 or is_last:
+                checkpointing.save_checkpoint(manager, state, config)  # state checked finite just above
+                last_saved_step = done
+            if grid is not None and (done % training.sample_every_steps == 0 or is_last):
+                path = writer.write_grid(done, grid(state.ema_params), config.data.image_size)
+                if path:
+                    logger.info("Wrote EMA samples to %s", path)
+        manager.wait_until_finished()
+        return state
+    finally:
+        manager.wait_until_finished()  # a save in flight completes; a non-finite state is never saved
+        manager.close()
+
+
+class _GridSampler:
+    """Draws the same ``num_grid_samples`` x_T through DDIM (``config.sampling``) for every grid."""
+
+    def __init__(self, config: ml_collections.ConfigDict, replicated: NamedSharding):
+        self.eps_fn = make_eps_fn(config)  # one function object: ``sample`` compiles once per run
+        size, channels = config.data.image_size, config.data.channels
+        x_T = jax.random.normal(jax.random.PRNGKey(config.training.seed + 1),
+                                (config.training.num_grid_samples, size, size, channels))
+        self.x_T = jax.device_put(np.asarray(x_T), replicated)
+        self.alphas_cumprod = jax.device_put(np.asarray(make_alphas_cumprod(config)), replicated)
+        self.seq = timestep_sequence(config.sampling.num_steps, config.diffusion.num_timesteps,
+                                     kind=config.sampling.skip)
+        self.eta = config.sampling.eta
+        self.key = jax.device_put(np.asarray(jax.random.PRNGKey(config.training.seed + 2)), replicated)
+        self.clip_x0 = config.sampling.clip_x0
+
+    def __call__(self, ema_params: Any) -> np.ndarray:
+        x0 = sample(self.eps_fn, self.x_T, self.seq, self.alphas_cumprod, self.eta,
+                    self.key if self.eta > 0 else None, eps_fn_args=(ema_params,), clip_x0=self.clip_x0)
+        return _host_value(x0)
