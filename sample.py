@@ -13,7 +13,7 @@ User errors exit with status 1 and one line on stderr. The logic lives in `ddim_
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from ddim_jax import sample_lib
 
@@ -46,6 +46,8 @@ def _boolean_flag_names():
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.ERROR)   # keep orbax's restore chatter off the terminal
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     try:

@@ -458,6 +458,8 @@ def default_out(options: SampleOptions, spec: SamplerSpec) -> str:
         directory = os.path.join("samples", re.sub(r"[^A-Za-z0-9._-]+", "_", options.pretrained.strip("/")))
     else:
         directory = os.path.join(options.workdir, "samples")
+    if options.mode in DEFAULT_STEP_COUNTS:   # these modes use a list of step counts, and eta = 0
+        return os.path.join(directory, f"{options.mode}_{spec.skip}_seed{options.seed}.png")
     variance = "sigmahat" if spec.sigma_hat else f"eta{spec.eta:g}"
     return os.path.join(directory, f"{options.mode}_{spec.skip}_S{spec.steps}_{variance}_seed{options.seed}.png")
 

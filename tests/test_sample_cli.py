@@ -1,0 +1,333 @@
+"""sample.py / ddim_jax.sample_lib end to end on a tiny run made here (configs/tiny.py, 8x8 digits).
+
+The run is a tiny UNet with random params drawn from its parameter shapes (``jax.eval_shape``:
+no compile; not the near-zero output of a fresh init), exported with ``export_workdir`` once per
+module. Most tests call
+``sample_lib.run`` in-process (one JAX, shared compilations); a few run the CLI as a subprocess to
+check exit codes, one-line messages and the dashed flag spellings.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from PIL import Image
+
+from ddim_jax import sample_lib
+from ddim_jax.images import GRID_PADDING
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE = (8, 8, 1)
+UPSCALE = sample_lib.GRID_MIN_IMAGE_SIZE // IMAGE[0]
+
+
+def _tiny_config():
+    spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(REPO, "configs", "tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    from ddim_jax.checkpointing import export_workdir
+    from ddim_jax.models import create_model
+
+    config = _tiny_config()
+    model = create_model(config)
+    shapes = jax.eval_shape(model.init, {"params": jax.random.key(0)}, jnp.zeros((1,) + IMAGE),
+                            jnp.zeros((1,), jnp.int32))["params"]
+    rng = np.random.default_rng(0)
+
+    def random_leaf(path, leaf):
+        noise = rng.standard_normal(leaf.shape).astype(np.float32)
+        name = path[-1].key
+        if name == "kernel":
+            return noise / np.sqrt(np.prod(leaf.shape[:-1]))
+        return (1.0 if name == "scale" else 0.0) + 0.1 * noise
+
+    params = jax.tree_util.tree_map_with_path(random_leaf, shapes)
+    path = str(tmp_path_factory.mktemp("tiny_run"))
+    export_workdir(path, config, params)
+    return path
+
+
+def _options(workdir, out=None, **overrides):
+    values = dict(workdir=workdir, out=None if out is None else str(out), steps=4, num=6, batch_size=4, progress=False)
+    values.update(overrides)
+    return sample_lib.SampleOptions(**values)
+
+
+def _grid_shape(rows, cols):
+    cell = IMAGE[0] * UPSCALE
+    return (rows * (cell + GRID_PADDING) + GRID_PADDING, cols * (cell + GRID_PADDING) + GRID_PADDING)
+
+
+def _run_cli(*args, env=None):
+    return subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=240, env=env)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_normalize_argv_accepts_dashed_spellings():
+    argv = ["sample.py", "--batch-size=8", "--sigma-hat", "--no-ema", "--no_clip", "--out", "my-file.png",
+            "--eta", "-1", "--steps=20", "--", "--keep-this"]
+    assert sample_lib.normalize_argv(argv, boolean_flags=("ema", "clip", "sigma_hat")) == [
+        "sample.py", "--batch_size=8", "--sigma_hat", "--noema", "--noclip", "--out", "my-file.png",
+        "--eta", "-1", "--steps=20", "--", "--keep-this"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    (sample_lib.SamplerSpec(steps=0), "--steps must be at least 1"),
+    (sample_lib.SamplerSpec(steps=1001), "above the model's number of training timesteps T=1000"),
+    (sample_lib.SamplerSpec(skip="cubic"), "unknown --skip='cubic'"),
+    (sample_lib.SamplerSpec(eta=-0.5), "--eta must be in [0, 1]"),
+    (sample_lib.SamplerSpec(eta=1.5), "--eta must be in [0, 1]"),
+    (sample_lib.SamplerSpec(eta=0.5, sigma_hat=True), "--sigma_hat replaces eta"),
+])
+def test_validate_spec_names_the_problem(spec, message):
+    with pytest.raises(sample_lib.SampleError) as error:
+        sample_lib.validate_spec(spec, num_timesteps=1000)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_step_counts_defaults_clip_to_T_and_requests_are_checked():
+    assert sample_lib.resolve_step_counts(None, "consistency", 1000) == (10, 20, 50, 100, 1000)
+    assert sample_lib.resolve_step_counts(None, "consistency", 40) == (10, 20, 40)
+    assert sample_lib.resolve_step_counts([5, 2, 5], "reconstruct", 40) == (5, 2)
+    with pytest.raises(sample_lib.SampleError, match="outside 1..T=40"):
+        sample_lib.resolve_step_counts([50], "reconstruct", 40)
+
+
+def test_shard_keys_depend_only_on_seed_and_index():
+    first = jax.random.key_data(sample_lib.shard_key(3, 7)[0])
+    np.testing.assert_array_equal(first, jax.random.key_data(sample_lib.shard_key(3, 7)[0]))
+    assert not np.array_equal(first, jax.random.key_data(sample_lib.shard_key(3, 8)[0]))
+    assert not np.array_equal(first, jax.random.key_data(sample_lib.shard_key(4, 7)[0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The four modes, in-process
+# ---------------------------------------------------------------------------------------------
+
+
+def test_samples_exact_count_and_determinism(workdir, tmp_path):
+    # 6 images with batches of 4: exactly 6 come out, not 8; the shards are gone afterwards.
+    first = sample_lib.run(_options(workdir, tmp_path / "a.npz", seed=1))
+    assert first.shape == (6,) + IMAGE and first.dtype == np.uint8
+    with np.load(tmp_path / "a.npz") as saved:
+        np.testing.assert_array_equal(saved["images"], first)
+    assert not os.path.exists(sample_lib.shard_dir_for(str(tmp_path / "a.npz")))
+    again = sample_lib.run(_options(workdir, tmp_path / "b.npz", seed=1))
+    np.testing.assert_array_equal(again, first)
+    other_seed = sample_lib.run(_options(workdir, tmp_path / "c.npz", seed=2))
+    assert np.mean(np.abs(other_seed.astype(float) - first.astype(float))) > 5.0
+    # Fewer images with the same seed and batch are a prefix of the same images.
+    prefix = sample_lib.run(_options(workdir, tmp_path / "d.npz", seed=1, num=3))
+    np.testing.assert_array_equal(prefix, first[:3])
+
+
+def test_samples_png_grid_and_large_num_npz(workdir, tmp_path, monkeypatch):
+    monkeypatch.setattr(sample_lib, "GRID_MAX_IMAGES", 4)
+    out = tmp_path / "grid.png"
+    images = sample_lib.run(_options(workdir, out, num=6))
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == _grid_shape(2, 2)   # only the first GRID_MAX_IMAGES images on the grid
+    with np.load(tmp_path / "grid.npz") as saved:   # all of them beside it
+        np.testing.assert_array_equal(saved["images"], images)
+
+
+def test_eta_one_and_sigma_hat_differ_from_ddim(workdir, tmp_path):
+    ddim = sample_lib.run(_options(workdir, tmp_path / "ddim.npz", num=4))
+    ddpm = sample_lib.run(_options(workdir, tmp_path / "ddpm.npz", num=4, eta=1.0))
+    ddpm_again = sample_lib.run(_options(workdir, tmp_path / "ddpm2.npz", num=4, eta=1.0))
+    large = sample_lib.run(_options(workdir, tmp_path / "hat.npz", num=4, sigma_hat=True))
+    np.testing.assert_array_equal(ddpm, ddpm_again)   # stochastic, but seeded
+    assert not np.array_equal(ddim, ddpm)
+    assert not np.array_equal(ddpm, large)
+
+
+def test_resume_after_interrupted_run(workdir, tmp_path, monkeypatch):
+    out = str(tmp_path / "resume.npz")
+    expected = sample_lib.run(_options(workdir, tmp_path / "reference.npz", num=10))
+
+    calls = []
+    real_decode = sample_lib.BatchedSampler.decode_batch
+
+    def decode_then_die(self, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt   # the run is killed while sampling its third shard
+        calls.append(1)
+        return real_decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(sample_lib.BatchedSampler, "decode_batch", decode_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        sample_lib.run(_options(workdir, out, num=10))
+    shard_dir = sample_lib.shard_dir_for(out)
+    assert sorted(os.listdir(shard_dir)) == ["meta.json", "shard_000000.npz", "shard_000001.npz"]
+    assert not os.path.exists(out)
+
+    calls.clear()
+    monkeypatch.setattr(sample_lib.BatchedSampler, "decode_batch",
+                        lambda self, *a, **k: (calls.append(1), real_decode(self, *a, **k))[1])
+    resumed = sample_lib.run(_options(workdir, out, num=10))
+    assert len(calls) == 1   # only the missing third shard was sampled
+    np.testing.assert_array_equal(resumed, expected)
+
+
+def test_resume_refuses_shards_of_other_settings(workdir, tmp_path):
+    out = str(tmp_path / "mixed.npz")
+    shard_dir = sample_lib.shard_dir_for(out)
+    os.makedirs(shard_dir)
+    sample_lib._write_json_atomic(os.path.join(shard_dir, "meta.json"), {"seed": 99})
+    with pytest.raises(sample_lib.SampleError, match="holds shards of a run with other settings"):
+        sample_lib.run(_options(workdir, out))
+
+
+def test_interpolate_rows_start_and_end_at_the_pair(workdir, tmp_path):
+    out = tmp_path / "interp.png"
+    images = sample_lib.run(_options(workdir, out, mode="interpolate", num=2))
+    points = sample_lib.INTERPOLATION_POINTS
+    assert images.shape == (2 * points,) + IMAGE
+    assert np.asarray(Image.open(out)).shape == _grid_shape(2, points)
+    rows = images.reshape((2, points) + IMAGE).astype(float)
+    # Neighbouring interpolants are closer than the two ends of a row.
+    step = np.mean(np.abs(rows[:, 1] - rows[:, 0]))
+    ends = np.mean(np.abs(rows[:, -1] - rows[:, 0]))
+    assert step < ends
+
+
+def test_reconstruct_writes_originals_beside_reconstructions(workdir, tmp_path, capsys):
+    out = tmp_path / "recon.npz"
+    mse = sample_lib.run(_options(workdir, out, mode="reconstruct", num=4, step_counts=(2, 5)))
+    assert list(mse) == [2, 5]
+    printed = capsys.readouterr().out
+    assert "Reconstruction MSE per dimension" in printed and f"{mse[5]:.6f}" in printed
+    with np.load(out) as saved:
+        images = saved["images"]
+        np.testing.assert_array_equal(saved["step_counts"], [2, 5])
+        np.testing.assert_allclose(saved["mse"], [mse[2], mse[5]])
+    assert images.shape == (4 * 3,) + IMAGE and images.dtype == np.uint8
+    rows = images.reshape((4, 3) + IMAGE).astype(np.float64) / 255.0
+    # Column 0 holds the real digits (seeded order), columns 1.. their reconstructions: the
+    # reported MSE is the one of these images, up to the uint8 rounding.
+    from ddim_jax.input_pipeline import load_eval_images
+    np.testing.assert_allclose(rows[:, 0], (load_eval_images(_tiny_config(), 4, seed=0) + 1) / 2, atol=1 / 255)
+    for column, count in enumerate((2, 5), start=1):
+        assert np.mean((rows[:, column] - rows[:, 0]) ** 2) == pytest.approx(mse[count], abs=2e-3)
+
+
+class _GaussianDataEps(nn.Module):
+    """The exact eps-predictor for data ~ N(0, data_var I): E[eps | x_t] = sqrt(1 - a_t) x_t / (a_t data_var + 1 - a_t).
+
+    Its probability-flow ODE is smooth and invertible, so DDIM encode -> decode reconstructs x0 with
+    an error that only comes from the discretisation and falls as S grows (paper Table 2).
+    """
+
+    data_var: float = 0.25
+
+    @nn.compact
+    def __call__(self, x, t):
+        alphas_cumprod = self.param("alphas_cumprod", nn.initializers.zeros, (1000,))
+        alpha = alphas_cumprod[t][:, None, None, None]
+        return jnp.sqrt(1.0 - alpha) * x / (alpha * self.data_var + 1.0 - alpha)
+
+
+def test_reconstruction_error_falls_with_steps(tmp_path):
+    from ddim_jax import alphas_cumprod_from_betas, make_betas
+
+    alphas_cumprod = alphas_cumprod_from_betas(make_betas("linear", num_timesteps=1000, beta_start=1e-4, beta_end=2e-2))
+    loaded = sample_lib.LoadedModel(model=_GaussianDataEps(), params={"alphas_cumprod": alphas_cumprod},
+                                    alphas_cumprod=alphas_cumprod, image_shape=IMAGE, config=_tiny_config())
+    spec = sample_lib.SamplerSpec(clip_x0=False)
+    mse = sample_lib.run_reconstruct(loaded, spec, num=4, batch_size=4, seed=0, out=str(tmp_path / "r.png"),
+                                     step_counts=(5, 20, 100), progress=False)
+    assert mse[5] > 3 * mse[20] > 9 * mse[100]
+    assert mse[100] < 5e-4
+
+
+def test_consistency_same_code_several_step_counts(workdir, tmp_path):
+    out = tmp_path / "consistency.png"
+    images = sample_lib.run(_options(workdir, out, mode="consistency", num=3, step_counts=(2, 4, 8)))
+    assert images.shape == (9,) + IMAGE
+    assert np.asarray(Image.open(out)).shape == _grid_shape(3, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(mode="sketch"), "unknown --mode='sketch'"),
+    (dict(out="samples.jpg"), "--out must end in .png"),
+    (dict(num=0), "--num must be at least 1"),
+    (dict(batch_size=0), "--batch_size must be at least 1"),
+    (dict(mode="interpolate", eta=1.0), "decodes with DDIM (eta=0)"),
+    (dict(steps=1001), "above the model's number of training timesteps T=1000"),
+    (dict(skip="cubic"), "unknown --skip='cubic'"),
+    (dict(mode="consistency", step_counts=(5, 2000)), "outside 1..T=1000"),
+])
+def test_bad_options_raise_one_line_errors(workdir, tmp_path, overrides, message):
+    overrides.setdefault("out", str(tmp_path / "x.png"))
+    with pytest.raises(sample_lib.SampleError) as error:
+        sample_lib.run(_options(workdir, **overrides))
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not os.listdir(tmp_path)
+
+
+def test_missing_and_empty_workdir(tmp_path):
+    with pytest.raises(sample_lib.SampleError, match="does not exist"):
+        sample_lib.run(_options(str(tmp_path / "nowhere"), tmp_path / "x.png"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(sample_lib.SampleError, match="cannot load a checkpoint"):
+        sample_lib.run(_options(str(empty), tmp_path / "x.png"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI as a subprocess
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_two_devices_matches_in_process_run(workdir, tmp_path):
+    """Dashed flags, exit 0, an .npz of exactly N; the batch split over 2 CPU devices gives the
+    same images as one device (to one grey level of float rounding)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    out = tmp_path / "cli.npz"
+    result = _run_cli(f"--workdir={workdir}", "--steps", "4", "--num", "6", "--batch-size", "4",
+                      "--seed", "5", "--no-clip", f"--out={out}", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "on 2 device(s)" in result.stdout
+    with np.load(out) as saved:
+        cli_images = saved["images"]
+    in_process = sample_lib.run(_options(workdir, tmp_path / "inproc.npz", seed=5, clip_x0=False))
+    assert cli_images.shape == (6,) + IMAGE and cli_images.dtype == np.uint8
+    assert np.max(np.abs(cli_images.astype(int) - in_process.astype(int))) <= 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "5000"], "--steps=5000 is above the model's number of training timesteps T=1000"),
+    (["--skip", "cubic"], "unknown --skip='cubic'"),
+    (["--eta=-1"], "--eta must be in [0, 1]"),
+    (["--workdir", "/nonexistent/run"], "workdir '/nonexistent/run' does not exist"),
+])
+def test_cli_bad_input_exits_nonzero_with_one_line(workdir, args, message):
+    if "--workdir" not in args:
+        args = [f"--workdir={workdir}", *args]
+    result = _run_cli(*args, "--out=/tmp/never-written.png")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"sample.py: error: {message}"] or (len(lines) == 1 and message in lines[0]), result.stderr
+    assert "Traceback" not in result.stderr
