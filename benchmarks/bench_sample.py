@@ -1,0 +1,115 @@
+"""Sampling throughput of what ``sample.py`` runs: images per second per model and S.
+
+Run:  python -m benchmarks.bench_sample [--digits-batch 256] [--cifar-batch 16] [--repeats 3]
+
+For the digits model (configs/digits.py, 8x8x1) at S = 10, 20, 50, 100 and the CIFAR-10-sized
+DDPM UNet (configs/cifar10.py, 32x32x3, ~35.7M params) at S = 20, it times
+``sample_lib.BatchedSampler.decode_batch`` (one jitted ``lax.scan`` over S UNet calls, batch
+sharded over the local devices, result fetched to the host) and prints the compile time, the
+median seconds per batch and images/s. A last column times a short batch (batch - 1 images,
+padded and trimmed) to show that it reuses the compiled program: its time should match a full
+batch. Params are random (speed does not depend on their values); DDIM, eta = 0, uniform skip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddim_jax import alphas_cumprod_from_betas, make_betas
+from ddim_jax import sample_lib
+from ddim_jax.models import create_model
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_config_{name}", os.path.join(CONFIG_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def random_model(config, seed: int = 0) -> sample_lib.LoadedModel:
+    """The config's UNet with random params drawn from its parameter shapes (no init compile)."""
+    model = create_model(config)
+    size, channels = config.data.image_size, config.data.channels
+    shapes = jax.eval_shape(model.init, {"params": jax.random.key(0)},
+                            jnp.zeros((1, size, size, channels)), jnp.zeros((1,), jnp.int32))["params"]
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, shape_dtype):
+        noise = rng.standard_normal(shape_dtype.shape).astype(np.float32)
+        if path[-1].key == "kernel":
+            return noise / np.sqrt(np.prod(shape_dtype.shape[:-1]))
+        return (1.0 if path[-1].key == "scale" else 0.0) + 0.1 * noise
+
+    diffusion = config.diffusion
+    betas = make_betas(diffusion.beta_schedule, num_timesteps=diffusion.num_timesteps,
+                       beta_start=diffusion.beta_start, beta_end=diffusion.beta_end)
+    return sample_lib.LoadedModel(model=model, params=jax.tree_util.tree_map_with_path(leaf, shapes),
+                                  alphas_cumprod=alphas_cumprod_from_betas(betas),
+                                  image_shape=(size, size, channels), config=config)
+
+
+def time_sampler(loaded, batch: int, steps: int, repeats: int) -> dict[str, float]:
+    from ddim_jax import timestep_sequence
+
+    sampler = sample_lib.BatchedSampler(loaded, batch)
+    spec = sample_lib.SamplerSpec(steps=steps, eta=0.0, skip="uniform", clip_x0=True)
+    seq = timestep_sequence(num_steps=steps, num_timesteps=loaded.num_timesteps, kind=spec.skip)
+    x_T = np.asarray(jax.random.normal(jax.random.key(0), (sampler.batch_size,) + loaded.image_shape))
+    key = jax.random.key(1)
+
+    start = time.perf_counter()
+    sampler.decode_batch(x_T, seq, spec, key)
+    compile_seconds = time.perf_counter() - start
+    full, short = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sampler.decode_batch(x_T, seq, spec, key)
+        full.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        sampler.decode_batch(x_T[:-1], seq, spec, key)
+        short.append(time.perf_counter() - start)
+    seconds = statistics.median(full)
+    return {"batch": sampler.batch_size, "compile": compile_seconds, "seconds": seconds,
+            "images_per_second": sampler.batch_size / seconds, "short_batch_seconds": statistics.median(short)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--digits-batch", type=int, default=256, help="configs/digits.py sampling batch")
+    parser.add_argument("--cifar-batch", type=int, default=16)
+    parser.add_argument("--digits-steps", type=str, default="10,20,50,100")
+    parser.add_argument("--cifar-steps", type=str, default="20")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    devices = jax.local_devices()
+    print(f"jax {jax.__version__} on {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}); "
+          f"median of {args.repeats} batches after a compile call\n")
+    header = (f"{'model':<8} {'params':>7} {'S':>4} {'batch':>5} {'compile s':>9} {'s/batch':>8} "
+              f"{'img/s':>8} {'batch-1 s':>9}")
+    print(header)
+    print("-" * len(header))
+    cases = [("digits", args.digits_batch, args.digits_steps), ("cifar10", args.cifar_batch, args.cifar_steps)]
+    for name, batch, step_list in cases:
+        loaded = random_model(load_config(name))
+        num_params = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(loaded.params))
+        for steps in (int(s) for s in step_list.split(",") if s):
+            result = time_sampler(loaded, batch, steps, args.repeats)
+            print(f"{name:<8} {num_params / 1e6:>6.2f}M {steps:>4} {result['batch']:>5} {result['compile']:>9.2f} "
+                  f"{result['seconds']:>8.3f} {result['images_per_second']:>8.1f} "
+                  f"{result['short_batch_seconds']:>9.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
