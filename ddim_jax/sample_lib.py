@@ -292,28 +292,32 @@ def load_run(workdir: str, use_ema: bool = True) -> LoadedModel:
     )
 
 
-def load_pretrained(name_or_path: str) -> LoadedModel:
-    """A diffusers-format ``UNet2DModel`` checkpoint (local directory or hub id), with its scheduler."""
-    from ddim_jax import pretrained
+def load_pretrained(name_or_path: str, with_run_config: bool = False) -> LoadedModel:
+    """A diffusers-format ``UNet2DModel`` checkpoint (local directory or hub id) and its scheduler.
+
+    The checkpoint's scheduler config sets the betas, T, the prediction type and the default for
+    clipping x0. ``with_run_config`` also builds a run config (for ``reconstruct``: its dataset).
+    """
+    from ddim_jax import alphas_cumprod_from_betas, pretrained
+    from ddim_jax.config_utils import ConfigError
 
     try:
         local_dir = pretrained.resolve_pretrained(name_or_path)
         model, variables = pretrained.load_diffusers_unet(local_dir)
         schedule = pretrained.load_diffusers_schedule(local_dir)
-    except (pretrained.PretrainedError, OSError) as error:
-        raise SampleError(f"cannot load pretrained model {name_or_path!r}: {error}") from error
-    alphas_cumprod = jnp.asarray(schedule.alphas_cumprod, jnp.float32)
-    size = int(schedule.sample_size) if hasattr(schedule, "sample_size") else None
-    channels = None
-    if size is None or channels is None:
         size, channels = pretrained.image_shape(local_dir)
+        config = pretrained.pretrained_run_config(local_dir) if with_run_config else None
+    except (pretrained.PretrainedError, ConfigError) as error:
+        raise SampleError(f"cannot load pretrained model {name_or_path!r}: {error}") from error
     return LoadedModel(
         model=model,
         params=variables["params"],
-        alphas_cumprod=alphas_cumprod,
-        image_shape=(size, size, channels),
-        prediction_type=str(getattr(schedule, "prediction_type", "eps")),
+        alphas_cumprod=alphas_cumprod_from_betas(schedule["betas"]),
+        image_shape=(int(size), int(size), int(channels)),
+        prediction_type=str(schedule["prediction_type"]),
         description=f"pretrained {name_or_path}",
+        config=config,
+        defaults={"clip_x0": bool(schedule["clip_sample"])},
     )
 
 
@@ -606,8 +610,7 @@ def run_reconstruct(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
     from ddim_jax.images import to_uint8
 
     if loaded.config is None:
-        raise SampleError("--mode=reconstruct needs a run's dataset: use --workdir (export a pretrained "
-                          "model to a workdir first)")
+        raise SampleError("--mode=reconstruct needs a run config that names the dataset; use --workdir")
     from ddim_jax.input_pipeline import load_eval_images
 
     try:
@@ -690,7 +693,7 @@ def run(options: SampleOptions) -> Any:
     """
     _validate_options(options)
     if options.pretrained:
-        loaded = load_pretrained(options.pretrained)
+        loaded = load_pretrained(options.pretrained, with_run_config=options.mode == "reconstruct")
     else:
         loaded = load_run(options.workdir, use_ema=options.use_ema)
     defaults = loaded.defaults

@@ -331,3 +331,63 @@ def test_cli_bad_input_exits_nonzero_with_one_line(workdir, args, message):
     lines = result.stderr.strip().splitlines()
     assert lines == [f"sample.py: error: {message}"] or (len(lines) == 1 and message in lines[0]), result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# --pretrained: a diffusers-format directory (offline)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def diffusers_dir(tmp_path_factory):
+    """A small random diffusers UNet2DModel + DDIMScheduler (T = 500, no clipping) saved to disk."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4)
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=500, beta_schedule="linear", beta_start=1e-4,
+                                        beta_end=0.02, clip_sample=False)
+    path = tmp_path_factory.mktemp("diffusers_unet")
+    unet.save_pretrained(path)
+    scheduler.save_pretrained(path)
+    return str(path), unet.eval(), scheduler
+
+
+def test_pretrained_dir_follows_its_scheduler_and_matches_a_torch_ddim_loop(diffusers_dir, tmp_path):
+    import torch
+
+    path, unet, scheduler = diffusers_dir
+    loaded = sample_lib.load_pretrained(path)
+    assert loaded.num_timesteps == 500 and loaded.image_shape == IMAGE
+    assert loaded.defaults["clip_x0"] is False
+    np.testing.assert_allclose(np.asarray(loaded.alphas_cumprod), scheduler.alphas_cumprod.numpy(), rtol=1e-6)
+
+    # Our sampler on the converted weights vs diffusers' own DDIM loop on the PyTorch weights.
+    from ddim_jax import timestep_sequence
+
+    steps = 5
+    scheduler.set_timesteps(steps)
+    seq = timestep_sequence(num_steps=steps, num_timesteps=500, kind="leading")
+    np.testing.assert_array_equal(seq, scheduler.timesteps.numpy())
+    x_T = np.asarray(jax.random.normal(jax.random.key(0), (3,) + IMAGE))
+    ours = sample_lib.BatchedSampler(loaded, batch_size=4).decode_batch(
+        x_T, seq, sample_lib.SamplerSpec(steps=steps, skip="leading", clip_x0=False), jax.random.key(1))
+    x = torch.from_numpy(x_T.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
+    np.testing.assert_allclose(ours, x.numpy().transpose(0, 2, 3, 1), atol=2e-4, rtol=1e-4)
+
+    images = sample_lib.run(sample_lib.SampleOptions(pretrained=path, steps=steps, num=3, batch_size=4,
+                                                     out=str(tmp_path / "p.npz"), progress=False))
+    assert images.shape == (3,) + IMAGE and images.dtype == np.uint8
+    with pytest.raises(sample_lib.SampleError, match="T=500"):
+        sample_lib.run(sample_lib.SampleOptions(pretrained=path, steps=501, out=str(tmp_path / "q.png")))
+
+
+def test_pretrained_missing_dir_is_one_line(tmp_path):
+    with pytest.raises(sample_lib.SampleError, match="cannot load pretrained model .*no such directory"):
+        sample_lib.run(sample_lib.SampleOptions(pretrained=str(tmp_path / "absent"), out=str(tmp_path / "p.png")))
