@@ -30,3 +30,4 @@ from ddim_jax.sampling import sample, encode, slerp
 
 # --- other modules register their public names below this line (one import per line) ---
 from ddim_jax.models import UNet, create_model
+from ddim_jax.pretrained import load_diffusers_unet, load_diffusers_schedule
