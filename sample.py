@@ -31,7 +31,7 @@ flags.DEFINE_string("skip", None,
 flags.DEFINE_integer("num", None,
                      "Images (samples, reconstruct, consistency) or rows (interpolate); default per mode: "
                      + ", ".join(f"{mode} {num}" for mode, num in sample_lib.DEFAULT_NUM.items()) + ".")
-flags.DEFINE_integer("batch_size", None, "Images per device batch (default: the run's config, else 64).")
+flags.DEFINE_integer("batch_size", None, "Images per batch, split over the local devices (default: the run's config, else 64).")
 flags.DEFINE_integer("seed", 0, "Same seed (and batch size), same images.")
 flags.DEFINE_string("out", None, "Output .png (grid) or .npz (uint8 images); default under <workdir>/samples/.")
 flags.DEFINE_bool("ema", True, "Sample the EMA params (--noema / --no-ema: the raw params).")

@@ -692,6 +692,9 @@ def run(options: SampleOptions) -> Any:
       SampleError: for every user error (one-line message), before any sampling starts.
     """
     _validate_options(options)
+    if jax.process_count() > 1:
+        raise SampleError("sample.py runs in one process (it uses all of that host's devices); "
+                          f"got {jax.process_count()} processes")
     if options.pretrained:
         loaded = load_pretrained(options.pretrained, with_run_config=options.mode == "reconstruct")
     else:

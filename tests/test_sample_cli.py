@@ -9,6 +9,7 @@ check exit codes, one-line messages and the dashed flag spellings.
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 
@@ -136,6 +137,15 @@ def test_samples_exact_count_and_determinism(workdir, tmp_path):
     # Fewer images with the same seed and batch are a prefix of the same images.
     prefix = sample_lib.run(_options(workdir, tmp_path / "d.npz", seed=1, num=3))
     np.testing.assert_array_equal(prefix, first[:3])
+
+
+def test_short_last_batch_reuses_the_compiled_sampler(workdir, tmp_path):
+    from ddim_jax import sampling
+
+    before = sampling._sample_scan._cache_size()
+    images = sample_lib.run(_options(workdir, tmp_path / "n.npz", steps=3, num=9))   # 4 + 4 + 1 (padded)
+    assert images.shape == (9,) + IMAGE
+    assert sampling._sample_scan._cache_size() == before + 1
 
 
 def test_samples_png_grid_and_large_num_npz(workdir, tmp_path, monkeypatch):
@@ -285,6 +295,15 @@ def test_bad_options_raise_one_line_errors(workdir, tmp_path, overrides, message
         sample_lib.run(_options(workdir, **overrides))
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not os.listdir(tmp_path)
+
+
+def test_checkpoint_that_fails_to_load(workdir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(workdir, broken)
+    shutil.rmtree(broken / "checkpoints" / "0" / "ema_params")
+    with pytest.raises(sample_lib.SampleError, match="cannot load a checkpoint from .*ema_params") as error:
+        sample_lib.run(_options(str(broken), tmp_path / "x.png"))
+    assert "\n" not in str(error.value)
 
 
 def test_missing_and_empty_workdir(tmp_path):
