@@ -47,6 +47,7 @@ __all__ = [
     "load_diffusers_unet",
     "load_diffusers_schedule",
     "unet_kwargs_from_diffusers_config",
+    "convert_state_dict",
     "image_shape",
     "pretrained_run_config",
     "export_pretrained_to_workdir",
@@ -352,7 +353,7 @@ def unet_kwargs_from_diffusers_config(raw_config: Mapping[str, Any]) -> dict[str
 # ---------------------------------------------------------------------------------------------
 
 
-def _diffusers_name(flax_path: tuple[str, ...], ndim: int) -> str:
+def _diffusers_name(flax_path: tuple[str, ...]) -> str:
     modules = [_LIST_MODULE.sub(r"\1.\2", name) for name in flax_path[:-1]]
     leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[flax_path[-1]]
     return ".".join(modules + [leaf])
@@ -403,7 +404,7 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model: UNet, sample_size
     expected = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
         flax_path = tuple(entry.key for entry in path)
-        expected[_diffusers_name(flax_path, len(leaf.shape))] = (flax_path, tuple(leaf.shape))
+        expected[_diffusers_name(flax_path)] = (flax_path, tuple(leaf.shape))
 
     state = _rename_legacy_attention(dict(state))
     missing = sorted(set(expected) - set(state))

@@ -28,6 +28,7 @@ from ddim_jax.pretrained import (  # noqa: E402
     load_diffusers_unet,
     main,
     resolve_pretrained,
+    unet_kwargs_from_diffusers_config,
 )
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -267,6 +268,33 @@ def test_unsupported_configs_are_named(tmp_path, small, change, match):
     (target / "config.json").write_text(json.dumps(config))
     with pytest.raises(PretrainedError, match=match):
         load_diffusers_unet(target)
+
+
+def _published_config(block_out_channels, down, up, sample_size):
+    """The key set of the published google/ddpm-* config.json files (diffusers 0.0.4 era)."""
+    return {
+        "_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu", "attention_head_dim": None,
+        "block_out_channels": list(block_out_channels), "center_input_sample": False, "down_block_types": list(down),
+        "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "layers_per_block": 2,
+        "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3,
+        "sample_size": sample_size, "time_embedding_type": "positional", "up_block_types": list(up),
+    }
+
+
+def test_published_ddpm_configs_map_to_the_paper_models():
+    cifar10 = unet_kwargs_from_diffusers_config(_published_config(
+        (128, 256, 256, 256), CIFAR10["down_block_types"], CIFAR10["up_block_types"], 32))
+    assert cifar10 == dict(
+        ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.0, resamp_with_conv=True,
+        out_ch=3, num_groups=32, norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1.0, downsample_padding=0,
+        attn_head_dim=None, sample_size=32, in_channels=3,
+    )
+    # The 256x256 LSUN/CelebA-HQ ladder (1, 1, 2, 2, 4, 4) with attention at 16x16.
+    lsun = unet_kwargs_from_diffusers_config(_published_config(
+        (128, 128, 256, 256, 512, 512),
+        ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+        ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4, 256))
+    assert lsun["ch_mult"] == (1, 1, 2, 2, 4, 4) and lsun["attn_resolutions"] == (16,)
 
 
 def test_resolve_pretrained(tmp_path, small, monkeypatch):
