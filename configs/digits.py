@@ -25,10 +25,10 @@ def get_config():
     config.model.num_groups = 8
 
     config.training.batch_size = 64
-    config.training.num_train_steps = 4_000
+    config.training.num_train_steps = 2_500
     config.training.log_every_steps = 100
-    config.training.checkpoint_every_steps = 1_000
-    config.training.sample_every_steps = 1_000
+    config.training.checkpoint_every_steps = 500
+    config.training.sample_every_steps = 500
     config.training.num_grid_samples = 100
     config.training.ema_decay = 0.999
 

@@ -325,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             start_step = int(progress["data_position"])
             logger.info("Resumed from checkpoint %d in %s", latest, manager.directory)
         else:
-            state = jax.jit(functools.partial(create_train_state, config), out_shardings=replicated)()
+            state = _jitted_init(_step_cache_key(config), replicated)()
             start_step = 0
         last_saved_step = latest
 
@@ -337,8 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             batches = input_pipeline.train_batches(config, start_step=start_step,
                                                    process_index=jax.process_index(),
                                                    process_count=jax.process_count())
-        train_step = jax.jit(make_train_step(config), in_shardings=(replicated, data_sharding),
-                             out_shardings=(replicated, replicated), donate_argnums=(0,))
+        train_step = _jitted_train_step(_step_cache_key(config), replicated, data_sharding)
         grid = _GridSampler(config, replicated) if training.num_grid_samples > 0 else None
         schedule = learning_rate_schedule(config)
         num_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(abstract_state.params))
@@ -380,11 +379,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         manager.close()
 
 
+# The jitted functions are cached per (config, shardings) so that several runs in one process
+# (tests, notebooks) reuse their compilations; the config travels as its JSON text (hashable).
+def _step_cache_key(config: ml_collections.ConfigDict) -> str:
+    """The config with only the keys that init and the train step depend on changed to defaults.
+
+    Run-length keys (steps, logging and checkpoint intervals, sampling) do not change the compiled
+    step, so runs that differ only there share one compilation.
+    """
+    key = config_utils.config_from_json(config_utils.config_to_json(config))
+    for name in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
+                 "num_grid_samples", "keep_checkpoints"):
+        key.training[name] = 1
+    return config_utils.config_to_json(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(config_json: str, replicated: NamedSharding) -> Callable[[], TrainState]:
+    config = config_utils.config_from_json(config_json)
+    return jax.jit(functools.partial(create_train_state, config), out_shardings=replicated)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_train_step(config_json: str, replicated: NamedSharding, data_sharding: NamedSharding):
+    config = config_utils.config_from_json(config_json)
+    return jax.jit(make_train_step(config), in_shardings=(replicated, data_sharding),
+                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_eps_fn(config_json: str) -> Callable:
+    return make_eps_fn(config_utils.config_from_json(config_json))
+
+
 class _GridSampler:
     """Draws the same ``num_grid_samples`` x_T through DDIM (``config.sampling``) for every grid."""
 
     def __init__(self, config: ml_collections.ConfigDict, replicated: NamedSharding):
-        self.eps_fn = make_eps_fn(config)  # one function object: ``sample`` compiles once per run
+        # One function object per config: ``sample`` compiles once per run (and per process).
+        self.eps_fn = _cached_eps_fn(config_utils.config_to_json(config))
         size, channels = config.data.image_size, config.data.channels
         x_T = jax.random.normal(jax.random.PRNGKey(config.training.seed + 1),
                                 (config.training.num_grid_samples, size, size, channels))

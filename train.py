@@ -1,0 +1,103 @@
+"""Train a DDPM/DDIM noise-prediction UNet.
+
+    python train.py --config configs/digits.py --workdir runs/digits
+    python train.py --config configs/cifar10.py --workdir runs/cifar10 --config.training.batch_size=64
+
+Running the same command again resumes from the latest complete checkpoint in the workdir.
+
+Multi-host (data parallel over every device of every host): start the same command on each host
+with ``--coordinator_address=HOST0:PORT --num_processes=N --process_id=i`` (or ``--multihost`` on
+platforms where ``jax.distributed.initialize()`` finds its settings itself: Cloud TPU, SLURM, ...).
+
+User errors (a bad config key, a dataset not prepared, an unwritable workdir, a non-finite loss)
+print one line to stderr and exit with status 1; anything else is a bug and shows its traceback.
+"""
+
+import logging
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging as absl_logging
+import jax
+from ml_collections import config_flags
+
+from ddim_jax import checkpointing, config_utils, input_pipeline, train_lib
+
+FLAGS = flags.FLAGS
+
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and sample grids.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with auto-detected settings.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process run.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+flags.DEFINE_bool("verbose", False, "Also show library (orbax, grain) INFO logs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Errors that mean "the user asked for something impossible", not "the code is wrong".
+USER_ERRORS = (
+    config_utils.ConfigError,
+    input_pipeline.DatasetNotPreparedError,
+    checkpointing.CheckpointError,
+    train_lib.NonFiniteLossError,
+)
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Progress lines from ddim_jax at INFO; other libraries' chatter only with --verbose."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    ddim_logger = logging.getLogger("ddim_jax")
+    ddim_logger.addHandler(handler)
+    ddim_logger.setLevel(logging.INFO)
+    ddim_logger.propagate = False
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+
+
+def _init_distributed() -> None:
+    if FLAGS.coordinator_address is not None or FLAGS.num_processes is not None:
+        if FLAGS.coordinator_address is None or FLAGS.num_processes is None or FLAGS.process_id is None:
+            raise config_utils.ConfigError(
+                "a multi-process run needs all of --coordinator_address, --num_processes and --process_id")
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    elif FLAGS.multihost:
+        jax.distributed.initialize()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _setup_logging(FLAGS.verbose)
+    try:
+        _init_distributed()
+        train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except USER_ERRORS as err:
+        print(f"train.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a one-line error for an unknown ``--config.a.b`` override key.
+
+    ml_collections raises AttributeError/KeyError for such a key; only errors that name one of the
+    overridden keys are turned into a message, anything else (a bug in a config file) propagates.
+    """
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except (AttributeError, KeyError) as err:
+        overrides = [arg.split("=", 1)[0].lstrip("-") for arg in argv[1:] if arg.startswith("--config.")]
+        unknown = [key for key in overrides if any(repr(part) in str(err) for part in key.split(".")[1:])]
+        if not unknown:
+            raise
+        print(f"train.py: error: unknown config key in override --{unknown[0]} (not in the config file)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)
