@@ -30,7 +30,7 @@ def get_config():
     config.training.keep_checkpoints = 2
     config.training.ema_decay = 0.9
 
-    config.optim.learning_rate = 1e-3
+    config.optim.learning_rate = 3e-3
     config.optim.warmup_steps = 2
 
     config.sampling.batch_size = 4
