@@ -5,8 +5,8 @@ Run:  python -m benchmarks.bench_sample [--digits-batch 256] [--cifar-batch 16] 
 For the digits model (configs/digits.py, 8x8x1) at S = 10, 20, 50, 100 and the CIFAR-10-sized
 DDPM UNet (configs/cifar10.py, 32x32x3, ~35.7M params) at S = 20, it times
 ``sample_lib.BatchedSampler.decode_batch`` (one jitted ``lax.scan`` over S UNet calls, batch
-sharded over the local devices, result fetched to the host) and prints the first call (compile + one batch), the
-median seconds per batch and images/s. A last column times a short batch (batch - 1 images,
+sharded over the local devices, result fetched to the host) and prints the first call (compile
+plus one batch), the median seconds per batch and images/s. A last column times a short batch (batch - 1 images,
 padded and trimmed) to show that it reuses the compiled program: its time should match a full
 batch. Params are random (speed does not depend on their values); DDIM, eta = 0, uniform skip.
 """
