@@ -6,9 +6,9 @@ For the digits model (configs/digits.py, 8x8x1) at S = 10, 20, 50, 100 and the C
 DDPM UNet (configs/cifar10.py, 32x32x3, ~35.7M params) at S = 20, it times
 ``sample_lib.BatchedSampler.decode_batch`` (one jitted ``lax.scan`` over S UNet calls, batch
 sharded over the local devices, result fetched to the host) and prints the first call (compile
-plus one batch), the median seconds per batch and images/s. A last column times a short batch (batch - 1 images,
-padded and trimmed) to show that it reuses the compiled program: its time should match a full
-batch. Params are random (speed does not depend on their values); DDIM, eta = 0, uniform skip.
+plus one batch), the median seconds per batch and images/s. A last column times a short batch
+(batch - 1 images, padded and trimmed) to show that it reuses the compiled program: its time
+should match a full batch. Params are random (speed does not depend on their values); DDIM, eta = 0, uniform skip.
 """
 
 from __future__ import annotations
