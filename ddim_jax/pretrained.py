@@ -156,7 +156,10 @@ def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
         if expanded.endswith(".safetensors"):
             return os.path.abspath(os.path.dirname(expanded))
         raise PretrainedError(f"{name} is a file; pass the diffusers model directory that holds config.json")
-    looks_local = name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1)
+    # "runs/x" with an existing "runs/" is a mistyped local path, not a hub id: do not go online.
+    first_component = name.split("/", 1)[0]
+    looks_local = (name.startswith((".", "/", "~")) or name.count("/") > 1
+                   or ("/" in name and os.path.isdir(first_component)))
     if looks_local or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
         raise PretrainedError(f"no such directory: {name}")
     try:

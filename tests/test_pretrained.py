@@ -302,6 +302,10 @@ def test_resolve_pretrained(tmp_path, small, monkeypatch):
     assert resolve_pretrained(str(directory)) == os.path.abspath(directory)
     with pytest.raises(PretrainedError, match="no such directory"):
         resolve_pretrained(str(tmp_path / "absent"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(PretrainedError, match="no such directory: runs/typo"):  # never tried as a hub id
+        resolve_pretrained("runs/typo")
 
     import huggingface_hub
 
