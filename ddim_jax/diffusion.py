@@ -177,13 +177,17 @@ def _sigma(t, t_prev, alphas_cumprod, eta):
     return _sigma_one(t, t_prev, alphas_cumprod, eta)
 
 
-def eps_and_x0_from_output(model_output, x_t, t, alphas_cumprod, prediction_type: str, clip_x0: bool = False):
+def eps_and_x0_from_output(
+    model_output, x_t, t, alphas_cumprod, prediction_type: str, clip_x0: bool = False, rederive_eps: bool = True
+):
     """Converts a model output to (eps, x0_hat), optionally clipping x0_hat to [-1, 1].
 
     ``prediction_type``: ``"eps"`` (the noise, DDPM/DDIM), ``"x0"`` (the clean sample) or
-    ``"v"`` (``v = sqrt(a) eps - sqrt(1-a) x0``, Salimans & Ho 2022). When x0_hat is clipped,
-    eps is re-derived from the clipped x0_hat and x_t (Eq. 4 solved for eps), so the step stays
-    on the line through x_t and x0_hat. Jittable; ``t`` scalar or ``[B]``.
+    ``"v"`` (``v = sqrt(a) eps - sqrt(1-a) x0``, Salimans & Ho 2022). When x0_hat is clipped and
+    ``rederive_eps`` is true, eps is re-derived from the clipped x0_hat and x_t (Eq. 4 solved for
+    eps), so the step stays on the line through x_t and x0_hat (GLIDE; diffusers'
+    ``use_clipped_model_output=True``); with ``rederive_eps=False`` the model's eps is kept
+    (diffusers' default). Jittable; ``t`` scalar or ``[B]``.
     """
     alpha = alpha_at(alphas_cumprod, t)
     alpha = jnp.reshape(alpha, np.shape(alpha) + (1,) * (np.ndim(x_t) - np.ndim(alpha)))
@@ -201,7 +205,8 @@ def eps_and_x0_from_output(model_output, x_t, t, alphas_cumprod, prediction_type
         raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
     if clip_x0:
         x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
-        eps = (x_t - sqrt_alpha * x0_hat) / sqrt_one_minus_alpha
+        if rederive_eps:
+            eps = (x_t - sqrt_alpha * x0_hat) / sqrt_one_minus_alpha
     return eps, x0_hat
 
 

@@ -219,6 +219,8 @@ class LoadedModel:
       description: where it came from, for messages and the shard metadata.
       config: the run's ConfigDict (None for a pretrained checkpoint without one).
       defaults: sampling defaults from the run's config (``num_steps``, ``skip``, ...).
+      rederive_eps: with clipping, re-derive eps from the clipped x0 (our runs) or keep the
+        model's eps (pretrained diffusers checkpoints: what their DDIMScheduler does).
     """
 
     model: Any
@@ -229,6 +231,7 @@ class LoadedModel:
     description: str = ""
     config: Any = None
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    rederive_eps: bool = True
 
     @property
     def num_timesteps(self) -> int:
@@ -318,6 +321,7 @@ def load_pretrained(name_or_path: str, with_run_config: bool = False) -> LoadedM
         description=f"pretrained {name_or_path}",
         config=config,
         defaults={"clip_x0": bool(schedule["clip_sample"])},
+        rederive_eps=False,
     )
 
 
@@ -372,6 +376,7 @@ class BatchedSampler:
             key=key,
             eps_fn_args=(self._params,),
             clip_x0=bool(spec.clip_x0),
+            rederive_eps=self.loaded.rederive_eps,
             prediction_type=self.loaded.prediction_type,
             sigma_hat=bool(spec.sigma_hat),
         )

@@ -67,16 +67,17 @@ def _call_model(eps_fn, x, t, eps_fn_args, fn: str):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("eps_fn", "prediction_type", "clip_x0", "noise_kind", "return_trajectory")
+    jax.jit, static_argnames=("eps_fn", "prediction_type", "clip_x0", "rederive_eps", "noise_kind", "return_trajectory")
 )
 def _sample_scan(
     eps_fn, x_T, timesteps, prev_timesteps, alphas_cumprod, eta, step_keys, eps_fn_args,
-    *, prediction_type, clip_x0, noise_kind, return_trajectory,
+    *, prediction_type, clip_x0, rederive_eps, noise_kind, return_trajectory,
 ):
     def step(x_t, inputs):
         t, t_prev, key = inputs
         output = _call_model(eps_fn, x_t, t, eps_fn_args, "sample")
-        eps, x0_hat = eps_and_x0_from_output(output, x_t, t, alphas_cumprod, prediction_type, clip_x0)
+        eps, x0_hat = eps_and_x0_from_output(
+            output, x_t, t, alphas_cumprod, prediction_type, clip_x0, rederive_eps)
         if noise_kind == "none":
             x_prev = _x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), 0.0, 0.0)
         else:
@@ -103,6 +104,7 @@ def sample(
     *,
     eps_fn_args: tuple = (),
     clip_x0: bool = False,
+    rederive_eps: bool = True,
     prediction_type: str = "eps",
     sigma_hat: bool = False,
     return_trajectory: bool = False,
@@ -125,7 +127,10 @@ def sample(
         ``jax.random.normal(jax.random.split(key, S)[i], x_T.shape, x_T.dtype)``.
       eps_fn_args: extra traced arguments for ``eps_fn`` (e.g. ``(params,)``), so that new
         params do not trigger a recompilation.
-      clip_x0: clip x0_hat to [-1, 1] each step (eps is then re-derived from the clipped x0_hat).
+      clip_x0: clip x0_hat to [-1, 1] each step.
+      rederive_eps: with ``clip_x0``, re-derive eps from the clipped x0_hat (default; keeps the
+        step on the line through x_t and x0_hat) or keep the model's eps (``False``: what
+        diffusers' DDIMScheduler does by default).
       prediction_type: what ``eps_fn`` predicts: ``"eps"``, ``"x0"`` or ``"v"``.
       sigma_hat: use the paper's Table 1 sigma-hat row (DDPM posterior mean plus
         ``sqrt(1 - a_t / a_prev)`` noise) instead of Eq. 12; needs ``eta = 0`` and a key.
@@ -160,7 +165,7 @@ def sample(
     x0, trajectory = _sample_scan(
         eps_fn, jnp.asarray(x_T), seq, prev_timesteps, jnp.asarray(alphas_cumprod),
         jnp.asarray(eta, jnp.float32), step_keys, eps_fn_args,
-        prediction_type=prediction_type, clip_x0=bool(clip_x0), noise_kind=noise_kind,
+        prediction_type=prediction_type, clip_x0=bool(clip_x0), rederive_eps=bool(rederive_eps), noise_kind=noise_kind,
         return_trajectory=bool(return_trajectory),
     )
     if return_trajectory:

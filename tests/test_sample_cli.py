@@ -400,6 +400,19 @@ def test_pretrained_dir_follows_its_scheduler_and_matches_a_torch_ddim_loop(diff
             x = scheduler.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
     np.testing.assert_allclose(ours, x.numpy().transpose(0, 2, 3, 1), atol=2e-4, rtol=1e-4)
 
+    # With clipping (what google/ddpm-* ship) diffusers keeps the model's eps: so do we here.
+    import diffusers
+
+    clipping = diffusers.DDIMScheduler.from_config(scheduler.config, clip_sample=True)
+    clipping.set_timesteps(steps)
+    ours = sample_lib.BatchedSampler(loaded, batch_size=4).decode_batch(
+        2 * x_T, seq, sample_lib.SamplerSpec(steps=steps, skip="leading", clip_x0=True), jax.random.key(1))
+    x = torch.from_numpy(2 * x_T.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        for t in clipping.timesteps:
+            x = clipping.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
+    np.testing.assert_allclose(ours, x.numpy().transpose(0, 2, 3, 1), atol=2e-4, rtol=1e-4)
+
     images = sample_lib.run(sample_lib.SampleOptions(pretrained=path, steps=steps, num=3, batch_size=4,
                                                      out=str(tmp_path / "p.npz"), progress=False))
     assert images.shape == (3,) + IMAGE and images.dtype == np.uint8

@@ -195,3 +195,32 @@ def test_wrong_model_output_shape_is_named():
         sample(lambda x, t: x[..., :1], x_T(), timestep_sequence(3, T), ALPHAS_CUMPROD)
     with pytest.raises(ValueError, match="eps_at"):
         encode(lambda x, t: x, x_T(), timestep_sequence(3, T), ALPHAS_CUMPROD, eps_at="middle")
+
+
+@pytest.mark.parametrize(
+    "eta, clip, rederive",
+    [(0.0, False, True), (0.5, False, True), (1.0, False, True), (0.0, True, False), (0.5, True, True)],
+)
+def test_sample_matches_diffusers_ddim_scheduler(eta, clip, rederive):
+    """An independent implementation: diffusers' PyTorch DDIMScheduler with 'leading' spacing,
+    alpha_{-1} = 1 and our per-step noise passed as variance_noise."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    num_steps = 10
+    scheduler = diffusers.DDIMScheduler(
+        num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=clip,
+        set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading",
+    )
+    scheduler.set_timesteps(num_steps)
+    seq = timestep_sequence(num_steps, T, "leading")
+    np.testing.assert_array_equal(scheduler.timesteps.numpy(), seq)
+    key = jax.random.PRNGKey(11)
+    keys = jax.random.split(key, num_steps)
+    x = torch.from_numpy(np.asarray(3 * x_T(), np.float64).copy())
+    for i, t in enumerate(scheduler.timesteps):
+        eps = torch.tanh(0.5 * x + t.double() / T) * 0.9
+        noise = torch.from_numpy(np.asarray(jax.random.normal(keys[i], SHAPE), np.float64))
+        x = scheduler.step(eps, t, x, eta=eta, use_clipped_model_output=clip and rederive, variance_noise=noise).prev_sample
+    ours = sample(toy_eps, 3 * x_T(), seq, ALPHAS_CUMPROD, eta, key if eta > 0 else None,
+                  eps_fn_args=(0.5,), clip_x0=clip, rederive_eps=rederive)
+    np.testing.assert_allclose(np.asarray(ours), x.numpy(), rtol=2e-4, atol=2e-4)
