@@ -161,7 +161,10 @@ def load_for_sampling(workdir: str | os.PathLike, use_ema: bool = True):
         item = "ema_params" if use_ema else "params"
         try:
             config = read_config(manager, step)
-            target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype),
+            # An explicit sharding on this host's first device: the checkpoint may come from a run
+            # with another topology (several devices or processes).
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
                                   _abstract_params(config))
             restored = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))
         except CheckpointError:
