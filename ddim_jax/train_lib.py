@@ -257,6 +257,9 @@ class _Writer:
     def write_grid(self, step: int, samples: np.ndarray, image_size: int) -> str | None:
         if not self.is_lead:
             return None
+        if not np.all(np.isfinite(samples)):  # a picture is not worth stopping a run for
+            logger.warning("EMA samples at step %d contain NaN/inf; drawn as black", step)
+            samples = np.nan_to_num(samples, nan=-1.0, posinf=1.0, neginf=-1.0)
         path = os.path.join(self.samples_dir, f"step_{step:07d}.png")
         upscale = max(1, 32 // image_size)
         images.save_png(path, images.make_grid(images.to_uint8(samples), upscale=upscale))
