@@ -37,14 +37,23 @@ def tiny():
     return model, params, x, t
 
 
-def test_tiny_output_shape_and_structure(tiny):
-    model, _, x, t = tiny
+def test_ddpm_init_starts_near_zero():
+    """DDPM init: the output conv (and every residual branch's last layer) starts near zero."""
+    model = UNet(ch=4, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_groups=2, out_ch=1)
+    x, t = jnp.ones((1, 4, 4, 1)), jnp.array([3], jnp.int32)
     params = jax.jit(model.init)({"params": jax.random.key(0)}, x, t)["params"]
+    assert float(jnp.abs(params["conv_in"]["kernel"]).max()) > 0.05  # ordinary layers are not
+    assert float(jnp.abs(params["conv_out"]["kernel"]).max()) < 1e-4
+    assert float(jnp.abs(params["mid_block"]["attentions_0"]["to_out_0"]["kernel"]).max()) < 1e-4
+    out = model.apply({"params": params}, x, t)
+    assert out.shape == (1, 4, 4, 1) and 0 < float(jnp.abs(out).max()) < 1e-3
+
+
+def test_tiny_output_shape_and_structure(tiny):
+    model, params, x, t = tiny
     out = model.apply({"params": params}, x, t)
     assert out.shape == (2, 8, 8, 1) and out.dtype == jnp.float32
     assert np.all(np.isfinite(out))
-    # DDPM init: the output conv starts near zero (so does every residual branch's last layer).
-    assert float(jnp.abs(out).max()) < 1e-3
     # Attention exactly where the resolution is 4 (level 1 of an 8x8 input) and in the middle.
     assert "attentions_0" in params["down_blocks_1"] and "attentions_0" not in params["down_blocks_0"]
     assert set(params["up_blocks_0"]) == {"resnets_0", "resnets_1", "attentions_0", "attentions_1", "upsamplers_0"}
