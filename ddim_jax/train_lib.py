@@ -179,7 +179,7 @@ def make_train_step(config: ml_collections.ConfigDict) -> Callable[[TrainState, 
         params = optax.apply_updates(state.params, updates)
         ema_params = jax.tree.map(lambda ema, new: ema_decay * ema + (1.0 - ema_decay) * new,
                                   state.ema_params, params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         metrics = {"loss": loss, "grad_norm": grad_norm,
                    "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
         new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,

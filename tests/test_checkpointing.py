@@ -50,6 +50,23 @@ def test_export_workdir_and_load_for_sampling_round_trip(tmp_path):
         export_workdir(str(tmp_path), config, params)
 
 
+def test_training_resumes_from_an_exported_workdir(tmp_path):
+    config = load_config("tiny")
+    params = random_params(config, seed=1)
+    for leaves in jax.tree.leaves(params):
+        leaves *= 0.05  # keep the random network's outputs moderate
+    export_workdir(str(tmp_path), config, params)
+    config.training.num_train_steps = 2
+    state = train_lib.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 2
+    _, trained, step = load_for_sampling(str(tmp_path), use_ema=False)
+    assert step == 2
+    # Fine-tuned from the exported params: close to them (two Adam steps of at most ~lr), not re-initialised.
+    for before, after in zip(jax.tree.leaves(params), jax.tree.leaves(trained)):
+        assert np.abs(np.asarray(after) - before).max() < 2.5 * config.optim.learning_rate
+    assert any(not np.array_equal(np.asarray(a), b) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(params)))
+
+
 def test_export_refuses_params_that_do_not_fit_the_config(tmp_path):
     config = load_config("tiny")
     params = random_params(config)

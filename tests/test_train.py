@@ -144,7 +144,6 @@ def _read_metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.slow  # about 25 s alone on 2 cores (three compilations); more under load
 def test_loss_decreases_on_tiny_digits_and_the_run_leaves_its_artifacts(tmp_path):
     config = load_config("tiny")
     config.training.num_train_steps = 40
