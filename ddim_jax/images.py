@@ -70,6 +70,12 @@ def make_grid(images_uint8: np.ndarray, ncols: int | None = None, *, upscale: in
     return grid
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str | os.PathLike, write_fn, suffix: str) -> None:
     """Calls ``write_fn(file_object)`` on a temp file beside ``path``, then renames it onto ``path``."""
     path = os.fspath(path)
@@ -79,6 +85,10 @@ def _atomic_write(path: str | os.PathLike, write_fn, suffix: str) -> None:
     try:
         with os.fdopen(handle, "wb") as file_object:
             write_fn(file_object)
+            file_object.flush()
+            os.fsync(file_object.fileno())
+        # mkstemp creates the file 0600; give it the mode a plain open() would have.
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):

@@ -111,6 +111,12 @@ def test_to_uint8_make_grid_and_atomic_writers(tmp_path):
     images.save_npz(tmp_path / "a.npz", x=x)
     np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["x"], x)
     assert sorted(os.listdir(tmp_path)) == ["a.npz", "sub"]  # no temp files left behind
+    umask = os.umask(0o022)
+    try:
+        images.save_png(tmp_path / "mode.png", grid)
+        assert (os.stat(tmp_path / "mode.png").st_mode & 0o777) == 0o644  # not mkstemp's 0600
+    finally:
+        os.umask(umask)
     with pytest.raises(ValueError, match="uint8"):
         images.make_grid(batch.astype(np.float32))
 
