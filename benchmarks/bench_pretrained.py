@@ -11,7 +11,8 @@ run (eta = 0, uniform skip, S steps, one batch) through
 - PyTorch: the diffusers ``UNet2DModel`` in a plain Python loop of paper Eq. 9 + Eq. 12
   (``torch.inference_mode``), with diffusers' own ``alphas_cumprod``.
 
-Both start from the same x_T; the table shows the JAX compile time (XLA backend compile events
+Repeats alternate between the two, so both see the same load on a shared machine. Both start
+from the same x_T; the table shows the JAX compile time (XLA backend compile events
 during the first call: tracing and lowering add a little more; excluded from the throughput), the
 first call's wall time, the median seconds per batch over the repeats, images/s and the ratio, plus
 the relative difference between the two final images as a sanity check.
@@ -116,9 +117,11 @@ def main() -> None:
     )
     first_jax = _time(run_jax, 1)[0]
     compile_s = sum(compile_seconds)
-    jax_times = _time(run_jax, args.repeats)
     run_torch()  # warm-up (oneDNN kernel selection)
-    torch_times = _time(run_torch, args.repeats)
+    jax_times, torch_times = [], []
+    for _ in range(args.repeats):  # interleaved, so that both see the same machine load
+        jax_times += _time(run_jax, 1)
+        torch_times += _time(run_torch, 1)
     x0_jax, x0_torch = run_jax(), run_torch().transpose(0, 2, 3, 1)
     rel_diff = float(np.abs(x0_jax - x0_torch).max() / np.abs(x0_torch).max())
 
