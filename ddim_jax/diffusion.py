@@ -76,6 +76,18 @@ def _check_t_prev_below_t(t, t_prev, fn: str) -> None:
         raise ValueError(f"{fn}: t_prev must be smaller than t (the reverse process goes down in t); got t={t_value}, t_prev={t_prev_value}")
 
 
+def _check_reverse_step_args(fn: str, x_t, eps, t, t_prev, alphas_cumprod, noise=None) -> None:
+    """The checks shared by every reverse step: shapes, timestep ranges and t_prev < t."""
+    num_timesteps = _check_alphas_cumprod(alphas_cumprod, fn)
+    batch = _check_batch(x_t, fn, "x_t")
+    _check_same_shape(x_t, eps, fn, "x_t", "eps")
+    if noise is not None:
+        _check_same_shape(x_t, noise, fn, "x_t", "noise")
+    _check_timestep(t, batch, num_timesteps, fn, "t", allow_minus_one=False)
+    _check_timestep(t_prev, batch, num_timesteps, fn, "t_prev", allow_minus_one=True)
+    _check_t_prev_below_t(t, t_prev, fn)
+
+
 def check_eta(eta, fn: str) -> None:
     """eta must lie in [0, 1]: above 1 the square root of Eq. 12 goes negative."""
     value = _concrete(eta)
@@ -267,15 +279,8 @@ def generalized_step(
       eta: scalar in ``[0, 1]``.
     Returns: ``x_prev``, ``[B, ...]``.
     """
-    fn = "generalized_step"
-    num_timesteps = _check_alphas_cumprod(alphas_cumprod, fn)
-    batch = _check_batch(x_t, fn, "x_t")
-    _check_same_shape(x_t, eps, fn, "x_t", "eps")
-    _check_same_shape(x_t, noise, fn, "x_t", "noise")
-    _check_timestep(t, batch, num_timesteps, fn, "t", allow_minus_one=False)
-    _check_timestep(t_prev, batch, num_timesteps, fn, "t_prev", allow_minus_one=True)
-    _check_t_prev_below_t(t, t_prev, fn)
-    check_eta(eta, fn)
+    _check_reverse_step_args("generalized_step", x_t, eps, t, t_prev, alphas_cumprod, noise)
+    check_eta(eta, "generalized_step")
     return _generalized_step(x_t, eps, t, t_prev, alphas_cumprod, jnp.asarray(eta, jnp.float32), noise)
 
 
@@ -284,13 +289,7 @@ def ddim_step(x_t: Array, eps: Array, t: Array, t_prev: Array, alphas_cumprod: A
 
     ``x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev) eps``. Shapes as :func:`generalized_step`.
     """
-    fn = "ddim_step"
-    num_timesteps = _check_alphas_cumprod(alphas_cumprod, fn)
-    batch = _check_batch(x_t, fn, "x_t")
-    _check_same_shape(x_t, eps, fn, "x_t", "eps")
-    _check_timestep(t, batch, num_timesteps, fn, "t", allow_minus_one=False)
-    _check_timestep(t_prev, batch, num_timesteps, fn, "t_prev", allow_minus_one=True)
-    _check_t_prev_below_t(t, t_prev, fn)
+    _check_reverse_step_args("ddim_step", x_t, eps, t, t_prev, alphas_cumprod)
     zeros = jnp.zeros(np.shape(x_t), jnp.result_type(x_t))
     return _generalized_step(x_t, eps, t, t_prev, alphas_cumprod, jnp.zeros((), jnp.float32), zeros)
 
@@ -303,14 +302,7 @@ def sigma_hat_step(x_t: Array, eps: Array, t: Array, t_prev: Array, alphas_cumpr
     plus ``sigma_hat * noise``; the last step (``t_prev = -1``) adds no noise and returns x0_hat.
     Shapes as :func:`generalized_step`.
     """
-    fn = "sigma_hat_step"
-    num_timesteps = _check_alphas_cumprod(alphas_cumprod, fn)
-    batch = _check_batch(x_t, fn, "x_t")
-    _check_same_shape(x_t, eps, fn, "x_t", "eps")
-    _check_same_shape(x_t, noise, fn, "x_t", "noise")
-    _check_timestep(t, batch, num_timesteps, fn, "t", allow_minus_one=False)
-    _check_timestep(t_prev, batch, num_timesteps, fn, "t_prev", allow_minus_one=True)
-    _check_t_prev_below_t(t, t_prev, fn)
+    _check_reverse_step_args("sigma_hat_step", x_t, eps, t, t_prev, alphas_cumprod, noise)
     x0_hat = _predict_x0(x_t, eps, t, alphas_cumprod)
     return _sigma_hat_step(x_t, x0_hat, t, t_prev, alphas_cumprod, noise)
 
