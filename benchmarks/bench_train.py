@@ -11,7 +11,6 @@ numbers are the model's, not the input pipeline's.
 
 import argparse
 import functools
-import importlib.util
 import os
 import statistics
 import time
@@ -19,16 +18,13 @@ import time
 import jax
 import numpy as np
 
-from ddim_jax import train_lib
+from ddim_jax import config_utils, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_utils.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def measure(config, num_steps: int) -> dict:

@@ -10,8 +10,10 @@ silently turned gradient clipping off.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
 from typing import Any, Callable, Mapping
 
 import ml_collections
@@ -349,3 +351,23 @@ def default_config() -> ml_collections.ConfigDict:
     sampling.batch_size = 256
     sampling.num_samples = 64
     return config
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Runs a config file's ``get_config()`` (what ``--config path`` does), without validating it.
+
+    Args:
+      path: a Python file defining ``get_config() -> ml_collections.ConfigDict``
+        (e.g. ``configs/digits.py``).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    module_name = "ddim_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} defines no get_config()")
+    return module.get_config()
+

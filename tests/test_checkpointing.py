@@ -1,6 +1,5 @@
 """Checkpoints: export/load round trip, clear errors, partial saves ignored, SIGKILL-and-resume."""
 
-import importlib.util
 import os
 import random
 import signal
@@ -12,17 +11,14 @@ import jax
 import numpy as np
 import pytest
 
-from ddim_jax import checkpointing, train_lib
+from ddim_jax import config_utils, checkpointing, train_lib
 from ddim_jax.checkpointing import CheckpointError, export_workdir, load_for_sampling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_utils.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def random_params(config, seed=0):

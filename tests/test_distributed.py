@@ -5,7 +5,6 @@ subprocesses. This file is also the worker script of the first check:
 ``python tests/test_distributed.py devices`` (with ``XLA_FLAGS=--xla_force_host_platform_device_count=2``).
 """
 
-import importlib.util
 import json
 import os
 import socket
@@ -18,12 +17,11 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from ddim_jax import config_utils  # noqa: E402  (after the path set-up, for the script mode below)
+
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_utils.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def subprocess_env(tmp_path_factory, **extra):
@@ -38,7 +36,7 @@ def devices_worker() -> None:
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from ddim_jax import input_pipeline, train_lib
+    from ddim_jax import config_utils, input_pipeline, train_lib
 
     assert jax.device_count() == 2, jax.devices()
     config = load_config("tiny")

@@ -1,23 +1,19 @@
 """Input pipeline: scaling, shapes, deterministic (seed, step) order, process slices, TFDS mock data."""
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from ddim_jax import input_pipeline
+from ddim_jax import config_utils, input_pipeline
 from ddim_jax.config_utils import default_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_utils.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def test_digits_batches_are_the_sklearn_digits_scaled_to_minus_one_one():

@@ -7,7 +7,6 @@ module. Most tests call
 check exit codes, one-line messages and the dashed flag spellings.
 """
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -29,10 +28,9 @@ UPSCALE = sample_lib.GRID_MIN_IMAGE_SIZE // IMAGE[0]
 
 
 def _tiny_config():
-    spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(REPO, "configs", "tiny.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    from ddim_jax.config_utils import load_config_file
+
+    return load_config_file(os.path.join(REPO, "configs", "tiny.py"))
 
 
 @pytest.fixture(scope="module")

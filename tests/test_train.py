@@ -1,6 +1,5 @@
 """Configs, validation, the training loss, non-finite handling, images, and train.py's errors."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,10 +20,7 @@ CONFIG_NAMES = ("cifar10", "celeba64", "mnist", "digits", "tiny")
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_utils.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 # ----------------------------------------------------------------------------- configs
