@@ -340,13 +340,18 @@ class BatchedSampler:
     """Runs ``sample`` / ``encode`` over any number of images in fixed-size batches.
 
     The batch size is rounded up to a multiple of the number of devices; a short batch is padded
-    with zeros and trimmed, so one compilation serves every batch of a given S.
+    with zeros and trimmed, so one compilation serves every batch of a given S. ``num_images``
+    (the total to process, when known) caps the batch so a few images are not padded to a large
+    batch.
     """
 
-    def __init__(self, loaded: LoadedModel, batch_size: int, mesh: Mesh | None = None):
+    def __init__(self, loaded: LoadedModel, batch_size: int, mesh: Mesh | None = None,
+                 num_images: int | None = None):
         self.loaded = loaded
         self.mesh = make_mesh() if mesh is None else mesh
         num_devices = self.mesh.devices.size
+        if num_images is not None:
+            batch_size = max(1, min(batch_size, num_images))
         self.batch_size = -(-batch_size // num_devices) * num_devices
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -586,7 +591,7 @@ def run_interpolate(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
     code_key, noise_key = jax.random.split(jax.random.key(seed))
     codes = interpolation_codes(code_key, num, points, loaded.image_shape)
     flat = codes.reshape((num * points,) + loaded.image_shape)
-    sampler = BatchedSampler(loaded, batch_size, mesh)
+    sampler = BatchedSampler(loaded, batch_size, mesh, num_images=flat.shape[0])
     bar = _Progress(-(-flat.shape[0] // sampler.batch_size), f"interpolating S={spec.steps}", progress)
     try:
         images = to_uint8(sampler.decode(flat, seq, spec, noise_key, bar))
@@ -624,7 +629,7 @@ def run_reconstruct(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
         raise SampleError(f"cannot load {num} real images of {loaded.config.data.name!r}: {error}") from error
     if x0.shape[1:] != tuple(loaded.image_shape):
         raise SampleError(f"dataset images have shape {x0.shape[1:]}, the model expects {loaded.image_shape}")
-    sampler = BatchedSampler(loaded, batch_size, mesh)
+    sampler = BatchedSampler(loaded, batch_size, mesh, num_images=x0.shape[0])
     batches = -(-x0.shape[0] // sampler.batch_size)
     bar = _Progress(2 * batches * len(step_counts), "encode + decode", progress)
     columns = [x0]
@@ -663,7 +668,7 @@ def run_consistency(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
 
     code_key, noise_key = jax.random.split(jax.random.key(seed))
     codes = np.asarray(jax.random.normal(code_key, (num,) + tuple(loaded.image_shape), jnp.float32))
-    sampler = BatchedSampler(loaded, batch_size, mesh)
+    sampler = BatchedSampler(loaded, batch_size, mesh, num_images=num)
     batches = -(-num // sampler.batch_size)
     bar = _Progress(batches * len(step_counts), "decoding", progress)
     columns = []
