@@ -30,14 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddim_jax import alphas_cumprod_from_betas, load_diffusers_schedule, load_diffusers_unet, sample, timestep_sequence
+from ddim_jax.pretrained import DDPM_CIFAR10_LAYOUT as CIFAR10_LAYOUT
 
-CIFAR10_LAYOUT = dict(
-    sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), layers_per_block=2,
-    norm_eps=1e-6, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, attention_head_dim=None,
-    dropout=0.1,
-)
 
 _MODEL = None  # the converted flax module, for the module-level apply function below
 

@@ -55,6 +55,15 @@ __all__ = [
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+# The diffusers UNet2DModel keyword arguments of the published google/ddpm-cifar10-32 model
+# (Ho et al.'s CIFAR-10 UNet, 35,746,307 parameters): ``diffusers.UNet2DModel(**DDPM_CIFAR10_LAYOUT)``.
+DDPM_CIFAR10_LAYOUT = dict(
+    sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), layers_per_block=2,
+    norm_eps=1e-6, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, attention_head_dim=None,
+    dropout=0.1,
+)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _CONVERT_HINT = (
     "convert it once, in an environment you trust, with "

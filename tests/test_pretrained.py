@@ -21,6 +21,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from ddim_jax import alphas_cumprod_from_betas, sample, timestep_sequence  # noqa: E402
 from ddim_jax.pretrained import (  # noqa: E402
+    DDPM_CIFAR10_LAYOUT,
     PretrainedError,
     export_pretrained_to_workdir,
     image_shape,
@@ -34,13 +35,7 @@ from ddim_jax.pretrained import (  # noqa: E402
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 # The published google/ddpm-cifar10-32 layout.
-CIFAR10 = dict(
-    sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), layers_per_block=2,
-    norm_eps=1e-6, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, attention_head_dim=None,
-    dropout=0.1,
-)
+CIFAR10 = DDPM_CIFAR10_LAYOUT
 # Small DDPM-style layout: one head, DDPM embedding and padding, attention at 8x8.
 SMALL_DDPM = dict(
     sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
