@@ -137,6 +137,11 @@ OPTIONAL_SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
         "downsample_padding": ("0 or 1", lambda v: _is_int(v) and v in (0, 1)),
         "attn_head_dim": ("an int or None", lambda v: v is None or (_is_int(v) and v > 0)),
     },
+    # With clip_x0: re-derive eps from the clipped x0 (default, True) or keep the model's eps
+    # (False; what diffusers' DDIMScheduler does, so converted checkpoints set it).
+    "sampling": {
+        "rederive_eps": _BOOL,
+    },
 }
 
 
@@ -216,7 +221,7 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
 
     _require(1 <= sampling.num_steps <= diffusion.num_timesteps, "sampling.num_steps",
              f"must be in [1, num_timesteps={diffusion.num_timesteps}], got {sampling.num_steps}")
-    _require(sampling.eta >= 0, "sampling.eta", f"must be >= 0, got {sampling.eta}")
+    _require(0 <= sampling.eta <= 1, "sampling.eta", f"must be in [0, 1] (0 = DDIM, 1 = DDPM), got {sampling.eta}")
     _require(sampling.skip in SPACINGS, "sampling.skip",
              f"unknown spacing {sampling.skip!r}; known: {sorted(SPACINGS)}")
     _require(sampling.batch_size > 0, "sampling.batch_size", f"must be positive, got {sampling.batch_size}")

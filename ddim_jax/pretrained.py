@@ -597,6 +597,7 @@ def pretrained_run_config(path: str | os.PathLike, data_name: str | None = None)
     config.diffusion.num_timesteps = schedule["num_timesteps"]
     config.diffusion.prediction_type = schedule["prediction_type"]
     config.sampling.clip_x0 = schedule["clip_sample"]
+    config.sampling.rederive_eps = False  # diffusers' DDIMScheduler keeps the model's eps when clipping
     return config_utils.validate_config(config)
 
 

@@ -257,7 +257,7 @@ def _sampling_defaults(config) -> dict[str, Any]:
     sampling = config.get("sampling", None) if hasattr(config, "get") else None
     if sampling is None:
         return {}
-    keys = ("num_steps", "eta", "skip", "clip_x0", "batch_size", "num_samples")
+    keys = ("num_steps", "eta", "skip", "clip_x0", "rederive_eps", "batch_size", "num_samples")
     return {key: sampling[key] for key in keys if key in sampling}
 
 
@@ -292,6 +292,7 @@ def load_run(workdir: str, use_ema: bool = True) -> LoadedModel:
         description=f"{os.path.abspath(workdir)} step {step} ({'EMA' if use_ema else 'raw'} params)",
         config=config,
         defaults=_sampling_defaults(config),
+        rederive_eps=bool(_sampling_defaults(config).get("rederive_eps", True)),
     )
 
 

@@ -332,6 +332,20 @@ def test_export_to_workdir_round_trip(tmp_path, small, capsys):
     _, variables = load_diffusers_unet(directory)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(variables["params"])):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # Sampling the exported workdir follows the checkpoint's conventions, as --pretrained does:
+    # same clipping, and eps kept (not re-derived) after clipping, like diffusers' DDIMScheduler.
+    from ddim_jax import sample_lib
+
+    from_workdir, from_pretrained = sample_lib.load_run(str(workdir)), sample_lib.load_pretrained(str(directory))
+    assert from_workdir.rederive_eps is False and from_pretrained.rederive_eps is False
+    assert from_workdir.defaults["clip_x0"] == from_pretrained.defaults["clip_x0"]
+    spec = sample_lib.SamplerSpec(steps=3, clip_x0=True)
+    seq = timestep_sequence(3, 1000)
+    x_T = 3 * np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3)))
+    np.testing.assert_allclose(
+        sample_lib.BatchedSampler(from_workdir, 2).decode_batch(x_T, seq, spec, jax.random.PRNGKey(1)),
+        sample_lib.BatchedSampler(from_pretrained, 2).decode_batch(x_T, seq, spec, jax.random.PRNGKey(1)),
+        rtol=1e-5, atol=1e-5)
     # A second export into the same workdir is refused with a one-line message and exit status 1.
     capsys.readouterr()
     assert main(["--pretrained", str(directory), "--workdir", str(workdir)]) == 1

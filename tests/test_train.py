@@ -52,6 +52,8 @@ def test_cifar10_config_is_the_papers_recipe():
     ("model", "num_groups", 48, r"config\.model\.num_groups: 48 groups do not divide 128"),
     ("model", "attn_resolutions", (12,), r"config\.model\.attn_resolutions: 12 is not one of"),
     ("sampling", "skip", "cubic", r"config\.sampling\.skip: unknown spacing 'cubic'"),
+    ("sampling", "eta", 1.5, r"config\.sampling\.eta: must be in \[0, 1\]"),
+    ("sampling", "rederive_eps", "no", r"config\.sampling\.rederive_eps: must be a bool"),
 ])
 def test_bad_values_raise_a_value_error_naming_the_key(section, key, value, match):
     raw = config_utils.default_config().to_dict()
