@@ -30,15 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddim_jax import alphas_cumprod_from_betas, load_diffusers_schedule, load_diffusers_unet, sample, timestep_sequence
+from ddim_jax.models import eps_fn_for
 from ddim_jax.pretrained import DDPM_CIFAR10_LAYOUT as CIFAR10_LAYOUT
-
-
-_MODEL = None  # the converted flax module, for the module-level apply function below
-
-
-def apply_fn(x, t, params):
-    """``eps_fn`` for :func:`ddim_jax.sample`, defined once so that its compilation is reused."""
-    return _MODEL.apply({"params": params}, x, t)
 
 
 def torch_ddim(torch_model, x_T_nchw, seq, alphas_cumprod):
@@ -68,7 +61,6 @@ def _time(fn, repeats):
 
 
 def main() -> None:
-    global _MODEL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
@@ -85,7 +77,7 @@ def main() -> None:
         torch_model.save_pretrained(directory)
         diffusers.DDPMScheduler().save_pretrained(directory)
         start = time.perf_counter()
-        _MODEL, variables = load_diffusers_unet(directory)
+        model, variables = load_diffusers_unet(directory)
         convert_s = time.perf_counter() - start
         schedule = load_diffusers_schedule(directory)
         torch_alphas_cumprod = diffusers.DDIMScheduler.from_pretrained(directory).alphas_cumprod
@@ -97,7 +89,7 @@ def main() -> None:
     x_T_jax = jnp.asarray(x_T)
 
     def run_jax():
-        return np.asarray(sample(apply_fn, x_T_jax, seq, alphas_cumprod, eps_fn_args=(params,)))
+        return np.asarray(sample(eps_fn_for(model), x_T_jax, seq, alphas_cumprod, eps_fn_args=(params,)))
 
     x_T_torch = torch.from_numpy(x_T.transpose(0, 3, 1, 2).copy())
 

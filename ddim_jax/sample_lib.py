@@ -21,7 +21,6 @@ Images are NHWC float32 in [-1, 1] inside, uint8 [N, H, W, C] on disk.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -36,6 +35,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ddim_jax.models import eps_fn_for
 from ddim_jax.schedules import SPACINGS
 
 MODES = ("samples", "interpolate", "reconstruct", "consistency")
@@ -238,21 +238,6 @@ class LoadedModel:
         return int(self.alphas_cumprod.shape[0])
 
 
-def _apply_model(model, x: jax.Array, t: jax.Array, params) -> jax.Array:
-    """eps_theta(x, t): x [B, H, W, C] float32, t int32 [B] -> [B, H, W, C] (dropout off)."""
-    return model.apply({"params": params}, x, t)
-
-
-@functools.lru_cache(maxsize=None)
-def apply_fn_for(model) -> Callable[..., jax.Array]:
-    """One eps function per model architecture (linen modules hash by their fields).
-
-    ``sample`` / ``encode`` treat their eps function as static, so returning the same object for
-    the same architecture lets every batch, and every params, reuse one compilation.
-    """
-    return functools.partial(_apply_model, model)
-
-
 def _sampling_defaults(config) -> dict[str, Any]:
     sampling = config.get("sampling", None) if hasattr(config, "get") else None
     if sampling is None:
@@ -358,7 +343,7 @@ class BatchedSampler:
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self._params = jax.device_put(loaded.params, replicated)
         self._alphas_cumprod = jax.device_put(loaded.alphas_cumprod, replicated)
-        self._eps_fn = apply_fn_for(loaded.model)
+        self._eps_fn = eps_fn_for(loaded.model)
 
     def _pad(self, x: np.ndarray) -> jax.Array:
         if x.shape[0] > self.batch_size:

@@ -36,7 +36,7 @@ import optax
 
 from ddim_jax import checkpointing, config_utils, images, input_pipeline
 from ddim_jax.diffusion import forward_marginal
-from ddim_jax.models import create_model
+from ddim_jax.models import create_model, eps_fn_for
 from ddim_jax.sampling import sample
 from ddim_jax.schedules import alphas_cumprod_from_betas, make_betas, timestep_sequence
 
@@ -195,17 +195,9 @@ def make_mesh() -> Mesh:
 
 
 def make_eps_fn(config: ml_collections.ConfigDict) -> Callable:
-    """``eps_fn(x, t, params)`` for ``sample(..., eps_fn_args=(params,))`` (eval mode, no dropout).
-
-    Build it once per run: ``sample`` is jitted with ``eps_fn`` static, so reusing the same
-    function object reuses the compilation for every new set of params.
-    """
-    model = create_model(config)
-
-    def eps_fn(x, t, params):
-        return model.apply({"params": params}, x, t)
-
-    return eps_fn
+    """``eps_fn(x, t, params)`` for ``sample(..., eps_fn_args=(params,))`` (eval mode, no dropout);
+    the same function object for the same architecture, so sampling compiles once."""
+    return eps_fn_for(create_model(config))
 
 
 def _host_value(array: jax.Array) -> np.ndarray:
@@ -410,17 +402,12 @@ def _jitted_train_step(config_json: str, replicated: NamedSharding, data_shardin
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_eps_fn(config_json: str) -> Callable:
-    return make_eps_fn(config_utils.config_from_json(config_json))
-
-
 class _GridSampler:
     """Draws the same ``num_grid_samples`` x_T through DDIM (``config.sampling``) for every grid."""
 
     def __init__(self, config: ml_collections.ConfigDict, replicated: NamedSharding):
-        # One function object per config: ``sample`` compiles once per run (and per process).
-        self.eps_fn = _cached_eps_fn(config_utils.config_to_json(config))
+        # One function object per architecture: ``sample`` compiles once per run (and per process).
+        self.eps_fn = make_eps_fn(config)
         size, channels = config.data.image_size, config.data.channels
         x_T = jax.random.normal(jax.random.PRNGKey(config.training.seed + 1),
                                 (config.training.num_grid_samples, size, size, channels))
@@ -431,8 +418,10 @@ class _GridSampler:
         self.eta = config.sampling.eta
         self.key = jax.device_put(np.asarray(jax.random.PRNGKey(config.training.seed + 2)), replicated)
         self.clip_x0 = config.sampling.clip_x0
+        self.rederive_eps = config.sampling.get("rederive_eps", True)
 
     def __call__(self, ema_params: Any) -> np.ndarray:
         x0 = sample(self.eps_fn, self.x_T, self.seq, self.alphas_cumprod, self.eta,
-                    self.key if self.eta > 0 else None, eps_fn_args=(ema_params,), clip_x0=self.clip_x0)
+                    self.key if self.eta > 0 else None, eps_fn_args=(ema_params,), clip_x0=self.clip_x0,
+                    rederive_eps=self.rederive_eps)
         return _host_value(x0)

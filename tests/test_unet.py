@@ -202,3 +202,16 @@ def test_bad_inputs_raise_clear_value_error(tiny, shape, t, match):
 def test_bad_hyperparameters_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         UNet(**{**TINY, **kwargs})
+
+
+def test_eps_fn_for_is_one_function_per_architecture():
+    """sample() treats eps_fn as static: equal architectures must share one function object."""
+    from ddim_jax.models import eps_fn_for
+
+    small = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, out_ch=1, num_groups=4)
+    assert eps_fn_for(UNet(**small)) is eps_fn_for(UNet(**small))
+    assert eps_fn_for(UNet(**small)) is not eps_fn_for(UNet(**dict(small, ch=16)))
+    model = UNet(**small)
+    x, t = jnp.ones((2, 8, 8, 1)), jnp.array([0, 999])
+    params = model.init(jax.random.PRNGKey(0), x, t)["params"]
+    np.testing.assert_array_equal(eps_fn_for(model)(x, t, params), model.apply({"params": params}, x, t))
