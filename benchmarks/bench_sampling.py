@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddim_jax import alphas_cumprod_from_betas, make_betas, sample, timestep_sequence
-from ddim_jax.diffusion import eps_and_x0_from_output, alpha_at, _x_prev_from_x0_eps
+from ddim_jax.diffusion import eps_and_x0_from_output, alpha_at, x_prev_from_x0_eps
 
 
 class SmallConvEps(nn.Module):
@@ -69,7 +69,7 @@ def main():
     def jitted_step(params, x, t, t_prev):
         t_batch = jnp.full((x.shape[0],), t, jnp.int32)
         eps, x0_hat = eps_and_x0_from_output(apply_fn(x, t_batch, params), x, t, alphas_cumprod, "eps")
-        return _x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), 0.0, 0.0)
+        return x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), 0.0, 0.0)
 
     jitted_net = jax.jit(apply_fn)
 

@@ -1,6 +1,6 @@
 """The DDIM equations as pure, jittable functions, vmapped over the batch.
 
-Notation (paper = Song, Meng & Ermon 2021; DESIGN.md section 2): ``alphas_cumprod[t]`` is the
+Notation (paper = Song, Meng & Ermon 2021; docs/conventions.md): ``alphas_cumprod[t]`` is the
 paper's alpha_t; ``t`` is a 0-based timestep index and ``t_prev = -1`` means alpha = 1 (the
 last update returns the predicted x0).
 
@@ -19,89 +19,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddim_jax.validation import (
+    PREDICTION_TYPES,
+    check_alphas_cumprod,
+    check_batch,
+    check_eta,
+    check_prediction_type,
+    check_reverse_step_args,
+    check_same_shape,
+    check_timestep,
+    concrete,
+)
+
 Array = Any
-PREDICTION_TYPES = ("eps", "x0", "v")
-
-
-# --------------------------------------------------------------------------------------------
-# Validation (Python side, before tracing)
-# --------------------------------------------------------------------------------------------
-def _concrete(value) -> np.ndarray | None:
-    """The value as a NumPy array, or None when it is traced inside a transformation."""
-    if isinstance(value, jax.core.Tracer):
-        return None
-    return np.asarray(value)
-
-
-def _check_alphas_cumprod(alphas_cumprod, fn: str) -> int:
-    shape = np.shape(alphas_cumprod)
-    if len(shape) != 1 or shape[0] < 1:
-        raise ValueError(f"{fn}: alphas_cumprod must be a non-empty 1-D array [T], got shape {shape}")
-    return shape[0]
-
-
-def _check_batch(x, fn: str, name: str = "x") -> int:
-    shape = np.shape(x)
-    if len(shape) < 1:
-        raise ValueError(f"{fn}: {name} must have a leading batch dimension [B, ...], got shape {shape}")
-    return shape[0]
-
-
-def _check_same_shape(a, b, fn: str, name_a: str, name_b: str) -> None:
-    if np.shape(a) != np.shape(b):
-        raise ValueError(f"{fn}: {name_a} and {name_b} must have the same shape, got {np.shape(a)} and {np.shape(b)}")
-
-
-def _check_timestep(t, batch: int, num_timesteps: int, fn: str, name: str, allow_minus_one: bool) -> None:
-    shape = np.shape(t)
-    if shape not in ((), (batch,)):
-        raise ValueError(f"{fn}: {name} must be a scalar or have shape [B] = ({batch},), got shape {shape}")
-    if not jnp.issubdtype(jnp.result_type(t), jnp.integer):
-        raise ValueError(f"{fn}: {name} must be an integer timestep index, got dtype {jnp.result_type(t)}")
-    value = _concrete(t)
-    if value is None:
-        return
-    low = -1 if allow_minus_one else 0
-    if value.size and (value.min() < low or value.max() > num_timesteps - 1):
-        raise ValueError(
-            f"{fn}: {name} must lie in [{low}, T-1 = {num_timesteps - 1}], got values in [{value.min()}, {value.max()}]"
-        )
-
-
-def _check_t_prev_below_t(t, t_prev, fn: str) -> None:
-    t_value, t_prev_value = _concrete(t), _concrete(t_prev)
-    if t_value is None or t_prev_value is None:
-        return
-    if np.any(t_prev_value >= t_value):
-        raise ValueError(f"{fn}: t_prev must be smaller than t (the reverse process goes down in t); got t={t_value}, t_prev={t_prev_value}")
-
-
-def _check_reverse_step_args(fn: str, x_t, eps, t, t_prev, alphas_cumprod, noise=None) -> None:
-    """The checks shared by every reverse step: shapes, timestep ranges and t_prev < t."""
-    num_timesteps = _check_alphas_cumprod(alphas_cumprod, fn)
-    batch = _check_batch(x_t, fn, "x_t")
-    _check_same_shape(x_t, eps, fn, "x_t", "eps")
-    if noise is not None:
-        _check_same_shape(x_t, noise, fn, "x_t", "noise")
-    _check_timestep(t, batch, num_timesteps, fn, "t", allow_minus_one=False)
-    _check_timestep(t_prev, batch, num_timesteps, fn, "t_prev", allow_minus_one=True)
-    _check_t_prev_below_t(t, t_prev, fn)
-
-
-def check_eta(eta, fn: str) -> None:
-    """eta must lie in [0, 1]: above 1 the square root of Eq. 12 goes negative."""
-    value = _concrete(eta)
-    if value is None:
-        return
-    if value.shape != ():
-        raise ValueError(f"{fn}: eta must be a scalar, got shape {value.shape}")
-    if not (0.0 <= float(value) <= 1.0):
-        raise ValueError(f"{fn}: eta must be in [0, 1] (0 = DDIM, 1 = DDPM), got {float(value)}")
-
-
-def check_prediction_type(prediction_type: str, fn: str) -> None:
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"{fn}: unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,12 +52,12 @@ def _predict_x0_one(x_t, eps, t, alphas_cumprod):
     return (x_t - jnp.sqrt(1.0 - alpha) * eps) / jnp.sqrt(alpha)
 
 
-def _sigma_one(t, t_prev, alphas_cumprod, eta):
+def sigma_kernel(t, t_prev, alphas_cumprod, eta):
     alpha, alpha_prev = alpha_at(alphas_cumprod, t), alpha_at(alphas_cumprod, t_prev)
     return eta * jnp.sqrt((1.0 - alpha_prev) / (1.0 - alpha)) * jnp.sqrt(1.0 - alpha / alpha_prev)
 
 
-def _x_prev_from_x0_eps(x0_hat, eps, alpha_prev, sigma, noise):
+def x_prev_from_x0_eps(x0_hat, eps, alpha_prev, sigma, noise):
     """Eq. 12 given x0_hat and eps: the mean plus sigma-scaled fresh noise."""
     # 1 - a_prev - sigma^2 >= 0 for eta in [0, 1]; the clamp only removes float rounding below 0.
     direction = jnp.sqrt(jnp.maximum(1.0 - alpha_prev - sigma**2, 0.0)) * eps
@@ -136,11 +66,11 @@ def _x_prev_from_x0_eps(x0_hat, eps, alpha_prev, sigma, noise):
 
 def _generalized_step_one(x_t, eps, t, t_prev, alphas_cumprod, eta, noise):
     x0_hat = _predict_x0_one(x_t, eps, t, alphas_cumprod)
-    sigma = _sigma_one(t, t_prev, alphas_cumprod, eta)
-    return _x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), sigma, noise)
+    sigma = sigma_kernel(t, t_prev, alphas_cumprod, eta)
+    return x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), sigma, noise)
 
 
-def _posterior_step_one(x_t, x0_hat, t, t_prev, alphas_cumprod, noise):
+def posterior_step_kernel(x_t, x0_hat, t, t_prev, alphas_cumprod, noise):
     """The paper's sigma-hat row: DDPM's posterior mean of q(x_prev | x_t, x0_hat) with
     beta = 1 - a_t / a_prev, plus sigma_hat = sqrt(beta) noise (none on the last step)."""
     alpha, alpha_prev = alpha_at(alphas_cumprod, t), alpha_at(alphas_cumprod, t_prev)
@@ -181,12 +111,12 @@ def _generalized_step(x_t, eps, t, t_prev, alphas_cumprod, eta, noise):
 @jax.jit
 def _sigma_hat_step(x_t, x0_hat, t, t_prev, alphas_cumprod, noise):
     flags = (True, True, _per_example(t), _per_example(t_prev), False, True)
-    return _batched(_posterior_step_one, flags)(x_t, x0_hat, t, t_prev, alphas_cumprod, noise)
+    return _batched(posterior_step_kernel, flags)(x_t, x0_hat, t, t_prev, alphas_cumprod, noise)
 
 
 @jax.jit
 def _sigma(t, t_prev, alphas_cumprod, eta):
-    return _sigma_one(t, t_prev, alphas_cumprod, eta)
+    return sigma_kernel(t, t_prev, alphas_cumprod, eta)
 
 
 def eps_and_x0_from_output(
@@ -236,10 +166,10 @@ def forward_marginal(x0: Array, t: Array, noise: Array, alphas_cumprod: Array) -
     Returns: ``x_t``, shape of ``x0``.
     """
     fn = "forward_marginal"
-    num_timesteps = _check_alphas_cumprod(alphas_cumprod, fn)
-    batch = _check_batch(x0, fn, "x0")
-    _check_same_shape(x0, noise, fn, "x0", "noise")
-    _check_timestep(t, batch, num_timesteps, fn, "t", allow_minus_one=False)
+    num_timesteps = check_alphas_cumprod(alphas_cumprod, fn)
+    batch = check_batch(x0, fn, "x0")
+    check_same_shape(x0, noise, fn, "x0", "noise")
+    check_timestep(t, batch, num_timesteps, fn, "t", allow_minus_one=False)
     return _forward_marginal(x0, t, noise, alphas_cumprod)
 
 
@@ -249,10 +179,10 @@ def predict_x0(x_t: Array, eps: Array, t: Array, alphas_cumprod: Array) -> Array
     Shapes: ``x_t``, ``eps`` ``[B, ...]``; ``t`` scalar or ``[B]``.
     """
     fn = "predict_x0"
-    num_timesteps = _check_alphas_cumprod(alphas_cumprod, fn)
-    batch = _check_batch(x_t, fn, "x_t")
-    _check_same_shape(x_t, eps, fn, "x_t", "eps")
-    _check_timestep(t, batch, num_timesteps, fn, "t", allow_minus_one=False)
+    num_timesteps = check_alphas_cumprod(alphas_cumprod, fn)
+    batch = check_batch(x_t, fn, "x_t")
+    check_same_shape(x_t, eps, fn, "x_t", "eps")
+    check_timestep(t, batch, num_timesteps, fn, "t", allow_minus_one=False)
     return _predict_x0(x_t, eps, t, alphas_cumprod)
 
 
@@ -279,7 +209,7 @@ def generalized_step(
       eta: scalar in ``[0, 1]``.
     Returns: ``x_prev``, ``[B, ...]``.
     """
-    _check_reverse_step_args("generalized_step", x_t, eps, t, t_prev, alphas_cumprod, noise)
+    check_reverse_step_args("generalized_step", x_t, eps, t, t_prev, alphas_cumprod, noise)
     check_eta(eta, "generalized_step")
     return _generalized_step(x_t, eps, t, t_prev, alphas_cumprod, jnp.asarray(eta, jnp.float32), noise)
 
@@ -289,7 +219,7 @@ def ddim_step(x_t: Array, eps: Array, t: Array, t_prev: Array, alphas_cumprod: A
 
     ``x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev) eps``. Shapes as :func:`generalized_step`.
     """
-    _check_reverse_step_args("ddim_step", x_t, eps, t, t_prev, alphas_cumprod)
+    check_reverse_step_args("ddim_step", x_t, eps, t, t_prev, alphas_cumprod)
     zeros = jnp.zeros(np.shape(x_t), jnp.result_type(x_t))
     return _generalized_step(x_t, eps, t, t_prev, alphas_cumprod, jnp.zeros((), jnp.float32), zeros)
 
@@ -302,7 +232,7 @@ def sigma_hat_step(x_t: Array, eps: Array, t: Array, t_prev: Array, alphas_cumpr
     plus ``sigma_hat * noise``; the last step (``t_prev = -1``) adds no noise and returns x0_hat.
     Shapes as :func:`generalized_step`.
     """
-    _check_reverse_step_args("sigma_hat_step", x_t, eps, t, t_prev, alphas_cumprod, noise)
+    check_reverse_step_args("sigma_hat_step", x_t, eps, t, t_prev, alphas_cumprod, noise)
     x0_hat = _predict_x0(x_t, eps, t, alphas_cumprod)
     return _sigma_hat_step(x_t, x0_hat, t, t_prev, alphas_cumprod, noise)
 

@@ -17,45 +17,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddim_jax.diffusion import (
-    _check_alphas_cumprod,
-    _check_batch,
-    _concrete,
-    _posterior_step_one,
-    _sigma_one,
-    _x_prev_from_x0_eps,
     alpha_at,
+    eps_and_x0_from_output,
+    posterior_step_kernel,
+    sigma_kernel,
+    x_prev_from_x0_eps,
+)
+from ddim_jax.validation import (
+    check_alphas_cumprod,
+    check_batch,
+    check_eps_fn,
     check_eta,
     check_prediction_type,
-    eps_and_x0_from_output,
+    check_sequence,
+    concrete,
 )
 
 Array = Any
 EpsFn = Callable[..., Array]
-
-
-def _check_sequence(seq, num_timesteps: int, fn: str) -> None:
-    shape = np.shape(seq)
-    if len(shape) != 1 or shape[0] < 1:
-        raise ValueError(f"{fn}: seq must be a non-empty 1-D array of timesteps [S], got shape {shape}")
-    if shape[0] > num_timesteps:
-        raise ValueError(f"{fn}: seq has S = {shape[0]} steps, more than T = {num_timesteps}")
-    if not jnp.issubdtype(jnp.result_type(seq), jnp.integer):
-        raise ValueError(f"{fn}: seq must hold integer timesteps, got dtype {jnp.result_type(seq)}")
-    values = _concrete(seq)
-    if values is None:
-        return
-    if values.min() < 0 or values.max() > num_timesteps - 1:
-        raise ValueError(f"{fn}: seq values must lie in [0, T-1 = {num_timesteps - 1}], got [{values.min()}, {values.max()}]")
-    if values.size > 1 and not np.all(np.diff(values) < 0):
-        raise ValueError(f"{fn}: seq must be strictly descending (as timestep_sequence returns it), got {values.tolist()}")
-
-
-def _check_eps_fn(eps_fn, eps_fn_args, fn: str) -> tuple:
-    if not callable(eps_fn):
-        raise ValueError(f"{fn}: eps_fn must be callable as eps_fn(x, t, *eps_fn_args), got {type(eps_fn).__name__}")
-    if not isinstance(eps_fn_args, (tuple, list)):
-        raise ValueError(f"{fn}: eps_fn_args must be a tuple of extra arguments, got {type(eps_fn_args).__name__}")
-    return tuple(eps_fn_args)
 
 
 def _call_model(eps_fn, x, t, eps_fn_args, fn: str):
@@ -79,14 +58,14 @@ def _sample_scan(
         eps, x0_hat = eps_and_x0_from_output(
             output, x_t, t, alphas_cumprod, prediction_type, clip_x0, rederive_eps)
         if noise_kind == "none":
-            x_prev = _x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), 0.0, 0.0)
+            x_prev = x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), 0.0, 0.0)
         else:
             noise = jax.random.normal(key, x_t.shape, x_t.dtype)
             if noise_kind == "eta":
-                sigma = _sigma_one(t, t_prev, alphas_cumprod, eta)
-                x_prev = _x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), sigma, noise)
+                sigma = sigma_kernel(t, t_prev, alphas_cumprod, eta)
+                x_prev = x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), sigma, noise)
             else:  # sigma_hat
-                x_prev = _posterior_step_one(x_t, x0_hat, t, t_prev, alphas_cumprod, noise)
+                x_prev = posterior_step_kernel(x_t, x0_hat, t, t_prev, alphas_cumprod, noise)
         x_prev = x_prev.astype(x_t.dtype)
         return x_prev, ((x_t, x0_hat) if return_trajectory else None)
 
@@ -140,13 +119,13 @@ def sample(
       ``x0 [B, ...]``, or ``(x0, trajectory)`` with ``return_trajectory=True``.
     """
     fn = "sample"
-    num_timesteps = _check_alphas_cumprod(alphas_cumprod, fn)
-    _check_batch(x_T, fn, "x_T")
-    _check_sequence(seq, num_timesteps, fn)
-    eps_fn_args = _check_eps_fn(eps_fn, eps_fn_args, fn)
+    num_timesteps = check_alphas_cumprod(alphas_cumprod, fn)
+    check_batch(x_T, fn, "x_T")
+    check_sequence(seq, num_timesteps, fn)
+    eps_fn_args = check_eps_fn(eps_fn, eps_fn_args, fn)
     check_prediction_type(prediction_type, fn)
     check_eta(eta, fn)
-    concrete_eta = _concrete(eta)
+    concrete_eta = concrete(eta)
     if sigma_hat:
         if concrete_eta is None or float(concrete_eta) != 0.0:
             raise ValueError(f"{fn}: sigma_hat=True replaces eta's variance; pass eta=0.0 with it")
@@ -220,10 +199,10 @@ def encode(
     Returns: ``x_T [B, ...]``.
     """
     fn = "encode"
-    num_timesteps = _check_alphas_cumprod(alphas_cumprod, fn)
-    _check_batch(x0, fn, "x0")
-    _check_sequence(seq, num_timesteps, fn)
-    eps_fn_args = _check_eps_fn(eps_fn, eps_fn_args, fn)
+    num_timesteps = check_alphas_cumprod(alphas_cumprod, fn)
+    check_batch(x0, fn, "x0")
+    check_sequence(seq, num_timesteps, fn)
+    eps_fn_args = check_eps_fn(eps_fn, eps_fn_args, fn)
     check_prediction_type(prediction_type, fn)
     if eps_at not in ("next", "current"):
         raise ValueError(f"{fn}: eps_at must be 'next' or 'current', got {eps_at!r}")

@@ -1,6 +1,6 @@
 """Noise schedules and timestep sub-sequences.
 
-Conventions (DESIGN.md section 2): the DDIM paper writes alpha_t for what DDPM calls
+Conventions (docs/conventions.md): the DDIM paper writes alpha_t for what DDPM calls
 alpha-bar_t; here it is ``alphas_cumprod[t] = prod_{s <= t} (1 - betas[s])`` for the timestep
 index ``t`` in ``0 .. T-1``.
 

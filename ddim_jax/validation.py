@@ -1,0 +1,117 @@
+"""Argument checks shared by the DDIM math and the samplers (Python side, before tracing).
+
+Every check names the calling function (``fn``) and the offending argument, and raises a
+``ValueError``. Checks on *values* (timestep ranges, eta) run only when the value is concrete,
+i.e. when the public function is called outside ``jit``; shape and dtype checks always run.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PREDICTION_TYPES = ("eps", "x0", "v")
+
+
+def concrete(value) -> np.ndarray | None:
+    """The value as a NumPy array, or None when it is traced inside a transformation."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    return np.asarray(value)
+
+
+def check_alphas_cumprod(alphas_cumprod, fn: str) -> int:
+    shape = np.shape(alphas_cumprod)
+    if len(shape) != 1 or shape[0] < 1:
+        raise ValueError(f"{fn}: alphas_cumprod must be a non-empty 1-D array [T], got shape {shape}")
+    return shape[0]
+
+
+def check_batch(x, fn: str, name: str = "x") -> int:
+    shape = np.shape(x)
+    if len(shape) < 1:
+        raise ValueError(f"{fn}: {name} must have a leading batch dimension [B, ...], got shape {shape}")
+    return shape[0]
+
+
+def check_same_shape(a, b, fn: str, name_a: str, name_b: str) -> None:
+    if np.shape(a) != np.shape(b):
+        raise ValueError(f"{fn}: {name_a} and {name_b} must have the same shape, got {np.shape(a)} and {np.shape(b)}")
+
+
+def check_timestep(t, batch: int, num_timesteps: int, fn: str, name: str, allow_minus_one: bool) -> None:
+    shape = np.shape(t)
+    if shape not in ((), (batch,)):
+        raise ValueError(f"{fn}: {name} must be a scalar or have shape [B] = ({batch},), got shape {shape}")
+    if not jnp.issubdtype(jnp.result_type(t), jnp.integer):
+        raise ValueError(f"{fn}: {name} must be an integer timestep index, got dtype {jnp.result_type(t)}")
+    value = concrete(t)
+    if value is None:
+        return
+    low = -1 if allow_minus_one else 0
+    if value.size and (value.min() < low or value.max() > num_timesteps - 1):
+        raise ValueError(
+            f"{fn}: {name} must lie in [{low}, T-1 = {num_timesteps - 1}], got values in [{value.min()}, {value.max()}]"
+        )
+
+
+def check_t_prev_below_t(t, t_prev, fn: str) -> None:
+    t_value, t_prev_value = concrete(t), concrete(t_prev)
+    if t_value is None or t_prev_value is None:
+        return
+    if np.any(t_prev_value >= t_value):
+        raise ValueError(f"{fn}: t_prev must be smaller than t (the reverse process goes down in t); got t={t_value}, t_prev={t_prev_value}")
+
+
+def check_reverse_step_args(fn: str, x_t, eps, t, t_prev, alphas_cumprod, noise=None) -> None:
+    """The checks shared by every reverse step: shapes, timestep ranges and t_prev < t."""
+    num_timesteps = check_alphas_cumprod(alphas_cumprod, fn)
+    batch = check_batch(x_t, fn, "x_t")
+    check_same_shape(x_t, eps, fn, "x_t", "eps")
+    if noise is not None:
+        check_same_shape(x_t, noise, fn, "x_t", "noise")
+    check_timestep(t, batch, num_timesteps, fn, "t", allow_minus_one=False)
+    check_timestep(t_prev, batch, num_timesteps, fn, "t_prev", allow_minus_one=True)
+    check_t_prev_below_t(t, t_prev, fn)
+
+
+def check_eta(eta, fn: str) -> None:
+    """eta must lie in [0, 1]: above 1 the square root of Eq. 12 goes negative."""
+    value = concrete(eta)
+    if value is None:
+        return
+    if value.shape != ():
+        raise ValueError(f"{fn}: eta must be a scalar, got shape {value.shape}")
+    if not (0.0 <= float(value) <= 1.0):
+        raise ValueError(f"{fn}: eta must be in [0, 1] (0 = DDIM, 1 = DDPM), got {float(value)}")
+
+
+def check_prediction_type(prediction_type: str, fn: str) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"{fn}: unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def check_sequence(seq, num_timesteps: int, fn: str) -> None:
+    shape = np.shape(seq)
+    if len(shape) != 1 or shape[0] < 1:
+        raise ValueError(f"{fn}: seq must be a non-empty 1-D array of timesteps [S], got shape {shape}")
+    if shape[0] > num_timesteps:
+        raise ValueError(f"{fn}: seq has S = {shape[0]} steps, more than T = {num_timesteps}")
+    if not jnp.issubdtype(jnp.result_type(seq), jnp.integer):
+        raise ValueError(f"{fn}: seq must hold integer timesteps, got dtype {jnp.result_type(seq)}")
+    values = concrete(seq)
+    if values is None:
+        return
+    if values.min() < 0 or values.max() > num_timesteps - 1:
+        raise ValueError(f"{fn}: seq values must lie in [0, T-1 = {num_timesteps - 1}], got [{values.min()}, {values.max()}]")
+    if values.size > 1 and not np.all(np.diff(values) < 0):
+        raise ValueError(f"{fn}: seq must be strictly descending (as timestep_sequence returns it), got {values.tolist()}")
+
+
+def check_eps_fn(eps_fn, eps_fn_args, fn: str) -> tuple:
+    if not callable(eps_fn):
+        raise ValueError(f"{fn}: eps_fn must be callable as eps_fn(x, t, *eps_fn_args), got {type(eps_fn).__name__}")
+    if not isinstance(eps_fn_args, (tuple, list)):
+        raise ValueError(f"{fn}: eps_fn_args must be a tuple of extra arguments, got {type(eps_fn_args).__name__}")
+    return tuple(eps_fn_args)
