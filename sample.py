@@ -9,13 +9,18 @@ r"""Sample images from a trained ddim-jax run or a published DDPM checkpoint.
 `--out` ending in `.png` writes a grid; ending in `.npz` writes `images`, uint8 [N, H, W, C].
 Dashed spellings (`--batch-size`, `--sigma-hat`, `--no-ema`, `--no-clip`) are accepted too.
 User errors exit with status 1 and one line on stderr. The logic lives in `ddim_jax/sample_lib.py`.
+Flags left out take the run's `config.sampling` values (steps, eta, skip, clipping, batch size, and
+the number of images of the `samples` mode).
 """
 
+import re
 import sys
+from collections.abc import Iterable, Sequence
 
 from absl import app, flags, logging
 
 from ddim_jax import sample_lib
+from ddim_jax.sample_spec import SKIP_KINDS, SampleError
 
 FLAGS = flags.FLAGS
 
@@ -23,15 +28,17 @@ flags.DEFINE_string("workdir", "runs/digits", "Training run to sample (its lates
 flags.DEFINE_string("pretrained", None,
                     "A diffusers-format UNet2DModel checkpoint (local dir or hub id) instead of --workdir.")
 flags.DEFINE_string("mode", "samples", f"One of {', '.join(sample_lib.MODES)}.")
-flags.DEFINE_integer("steps", 20, "S, the number of sampling steps (1..T).")
-flags.DEFINE_float("eta", 0.0, "Eq. 16's eta: 0 = DDIM (deterministic), 1 = DDPM.")
+flags.DEFINE_integer("steps", None, "S, the number of sampling steps (1..T); default: the run's config, else 20.")
+flags.DEFINE_float("eta", None, "Eq. 16's eta: 0 = DDIM (deterministic), 1 = DDPM; default: the run's config, else 0.")
 flags.DEFINE_bool("sigma_hat", False, "Use the larger variance sigma_hat (Table 1's last row) instead of eta.")
 flags.DEFINE_string("skip", None,
-                    f"Timestep spacing, one of {', '.join(sample_lib.SKIP_KINDS)} (default: the run's config).")
+                    f"Timestep spacing, one of {', '.join(SKIP_KINDS)} (default: the run's config).")
 flags.DEFINE_integer("num", None,
-                     "Images (samples, reconstruct, consistency) or rows (interpolate); default per mode: "
+                     "Images (samples, reconstruct, consistency) or rows (interpolate); default: the run's "
+                     "config.sampling.num_samples for samples, else per mode: "
                      + ", ".join(f"{mode} {num}" for mode, num in sample_lib.DEFAULT_NUM.items()) + ".")
-flags.DEFINE_integer("batch_size", None, "Images per batch, split over the local devices (default: the run's config, else 64).")
+flags.DEFINE_integer("batch_size", None,
+                     "Images per batch, split over the local devices (default: the run's config, else 64).")
 flags.DEFINE_integer("seed", 0, "Same seed (and batch size), same images.")
 flags.DEFINE_string("out", None, "Output .png (grid) or .npz (uint8 images); default under <workdir>/samples/.")
 flags.DEFINE_bool("ema", True, "Sample the EMA params (--noema / --no-ema: the raw params).")
@@ -39,6 +46,32 @@ flags.DEFINE_bool("clip", None, "Clip predicted x0 to [-1, 1] (default: the run'
 flags.DEFINE_list("step_counts", None,
                   "Step counts for reconstruct / consistency (default 10,20,50,100[,1000], clipped to T).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+_NEGATED_BOOL = re.compile(r"^no[_-]")
+
+
+def normalize_argv(argv: Sequence[str], boolean_flags: Iterable[str] = ()) -> list[str]:
+    """Accept dashed flag spellings for absl, which only knows underscores.
+
+    ``--batch-size=8`` -> ``--batch_size=8``, ``--sigma-hat`` -> ``--sigma_hat`` and, for the
+    boolean flags named in ``boolean_flags``, ``--no-ema`` / ``--no_ema`` -> ``--noema``. Values,
+    positional arguments and everything after a bare ``--`` are left alone.
+    """
+    booleans = set(boolean_flags)
+    normalized = list(argv[:1])
+    passthrough = False
+    for arg in argv[1:]:
+        if passthrough or not arg.startswith("--") or arg == "--":
+            passthrough = passthrough or arg == "--"
+            normalized.append(arg)
+            continue
+        name, eq, value = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if _NEGATED_BOOL.match(name) and name[3:] in booleans:
+            name = "no" + name[3:]
+        normalized.append(f"--{name}{eq}{value}")
+    return normalized
 
 
 def _boolean_flag_names():
@@ -73,7 +106,7 @@ def main(argv):
     )
     try:
         sample_lib.run(options)
-    except sample_lib.SampleError as error:
+    except SampleError as error:
         _fail(str(error))
 
 
@@ -83,4 +116,4 @@ def _fail(message: str) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, argv=sample_lib.normalize_argv(sys.argv, _boolean_flag_names()))
+    app.run(main, argv=normalize_argv(sys.argv, _boolean_flag_names()))

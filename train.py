@@ -16,10 +16,9 @@ print one line to stderr and exit with status 1; anything else is a bug and show
 import logging
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging as absl_logging
 import jax
+from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from ddim_jax import checkpointing, config_utils, input_pipeline, train_lib

@@ -4,7 +4,7 @@ Run:  python -m benchmarks.bench_sample [--digits-batch 256] [--cifar-batch 16] 
 
 For the digits model (configs/digits.py, 8x8x1) at S = 10, 20, 50, 100 and the CIFAR-10-sized
 DDPM UNet (configs/cifar10.py, 32x32x3, ~35.7M params) at S = 20, it times
-``sample_lib.BatchedSampler.decode_batch`` (one jitted ``lax.scan`` over S UNet calls, batch
+``batching.BatchedSampler.decode_batch`` (one jitted ``lax.scan`` over S UNet calls, batch
 sharded over the local devices, result fetched to the host) and prints the first call (compile
 plus one batch), the median seconds per batch and images/s. A last column times a short batch
 (batch - 1 images, padded and trimmed) to show that it reuses the compiled program: its time
@@ -14,35 +14,23 @@ should match a full batch. Params are random (speed does not depend on their val
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
+import importlib
 import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ddim_jax import alphas_cumprod_from_betas, make_betas
-from ddim_jax import sample_lib
-from ddim_jax.models import create_model
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_config_{name}", os.path.join(CONFIG_DIR, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from ddim_jax import batching, loading, sample_spec
+from ddim_jax.models import abstract_params, create_model
+from ddim_jax.schedules import make_alphas_cumprod
+from ddim_jax.train_state import image_shape
 
 
-def random_model(config, seed: int = 0) -> sample_lib.LoadedModel:
+def random_model(config, seed: int = 0) -> loading.LoadedModel:
     """The config's UNet with random params drawn from its parameter shapes (no init compile)."""
     model = create_model(config)
-    size, channels = config.data.image_size, config.data.channels
-    shapes = jax.eval_shape(model.init, {"params": jax.random.key(0)},
-                            jnp.zeros((1, size, size, channels)), jnp.zeros((1,), jnp.int32))["params"]
+    shapes = abstract_params(model, image_shape(config))
     rng = np.random.default_rng(seed)
 
     def leaf(path, shape_dtype):
@@ -51,19 +39,16 @@ def random_model(config, seed: int = 0) -> sample_lib.LoadedModel:
             return noise / np.sqrt(np.prod(shape_dtype.shape[:-1]))
         return (1.0 if path[-1].key == "scale" else 0.0) + 0.1 * noise
 
-    diffusion = config.diffusion
-    betas = make_betas(diffusion.beta_schedule, num_timesteps=diffusion.num_timesteps,
-                       beta_start=diffusion.beta_start, beta_end=diffusion.beta_end)
-    return sample_lib.LoadedModel(model=model, params=jax.tree_util.tree_map_with_path(leaf, shapes),
-                                  alphas_cumprod=alphas_cumprod_from_betas(betas),
-                                  image_shape=(size, size, channels), config=config)
+    return loading.LoadedModel(model=model, params=jax.tree_util.tree_map_with_path(leaf, shapes),
+                               alphas_cumprod=make_alphas_cumprod(config.diffusion),
+                               image_shape=image_shape(config), config=config)
 
 
 def time_sampler(loaded, batch: int, steps: int, repeats: int) -> dict[str, float]:
     from ddim_jax import timestep_sequence
 
-    sampler = sample_lib.BatchedSampler(loaded, batch)
-    spec = sample_lib.SamplerSpec(steps=steps, eta=0.0, skip="uniform", clip_x0=True)
+    sampler = batching.BatchedSampler(loaded, batch)
+    spec = sample_spec.SamplerSpec(steps=steps, eta=0.0, skip="uniform", clip_x0=True)
     seq = timestep_sequence(num_steps=steps, num_timesteps=loaded.num_timesteps, kind=spec.skip)
     x_T = np.asarray(jax.random.normal(jax.random.key(0), (sampler.batch_size,) + loaded.image_shape))
     key = jax.random.key(1)
@@ -102,7 +87,7 @@ def main():
     print("-" * len(header))
     cases = [("digits", args.digits_batch, args.digits_steps), ("cifar10", args.cifar_batch, args.cifar_steps)]
     for name, batch, step_list in cases:
-        loaded = random_model(load_config(name))
+        loaded = random_model(importlib.import_module(f"configs.{name}").get_config())
         num_params = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(loaded.params))
         for steps in (int(s) for s in step_list.split(",") if s):
             result = time_sampler(loaded, batch, steps, args.repeats)

@@ -20,10 +20,9 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ddim_jax import alphas_cumprod_from_betas, make_betas, sample, timestep_sequence
-from ddim_jax.diffusion import eps_and_x0_from_output, alpha_at, x_prev_from_x0_eps
+from ddim_jax.diffusion import alpha_at, eps_and_x0_from_output, x_prev_from_x0_eps
 
 
 class SmallConvEps(nn.Module):
@@ -95,11 +94,13 @@ def main():
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {args.batch}, "
           f"{args.size}x{args.size}x3, median of {args.repeats}")
     print()
-    print("| S | sample (scan) s | Python loop of jitted step s | loop / scan | bare net loop s | bare net scan s | sample / bare scan |")
+    print("| S | sample (scan) s | Python loop of jitted step s | loop / scan | bare net loop s | bare net scan s "
+          "| sample / bare scan |")
     print("|---|---|---|---|---|---|---|")
     for num_steps in (10, 20, 50, 100):
         seq = timestep_sequence(num_steps, 1000)
-        scan_time = median_seconds(lambda: sample(apply_fn, x_T, seq, alphas_cumprod, eps_fn_args=(params,)), args.repeats)
+        scan_time = median_seconds(lambda: sample(apply_fn, x_T, seq, alphas_cumprod, eps_fn_args=(params,)),
+                                   args.repeats)
         loop_time = median_seconds(lambda: python_loop(seq), args.repeats)
         net_time = median_seconds(lambda: net_loop(seq), args.repeats)
         bare_time = median_seconds(lambda: bare_scan(params, x_T, jnp.asarray(seq)), args.repeats)

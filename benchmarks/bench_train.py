@@ -18,17 +18,17 @@ import time
 import jax
 import numpy as np
 
-from ddim_jax import config_utils, train_lib
+import configs.cifar10
+import configs.digits
+from ddim_jax import train_lib, train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name):
-    return config_utils.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def measure(config, num_steps: int) -> dict:
-    state = jax.jit(functools.partial(train_lib.create_train_state, config))()
+    state = jax.jit(functools.partial(train_state.create_train_state, config))()
     step = jax.jit(train_lib.make_train_step(config), donate_argnums=(0,))
     size, channels, batch_size = config.data.image_size, config.data.channels, config.training.batch_size
     batch = np.random.default_rng(0).uniform(-1, 1, (batch_size, size, size, channels)).astype(np.float32)
@@ -59,11 +59,12 @@ def main():
     parser.add_argument("--cifar_batch", type=int, default=8, help="batch size of the CIFAR-10 row")
     args = parser.parse_args()
 
-    cifar = load_config("cifar10")
+    cifar = configs.cifar10.get_config()
     cifar.training.batch_size = args.cifar_batch
-    rows = [("cifar10 (paper UNet)", cifar), ("digits (default)", load_config("digits"))]
+    rows = [("cifar10 (paper UNet)", cifar), ("digits (default)", configs.digits.get_config())]
     print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}")
-    header = f"{'config':<22}{'params':>12}{'batch':>7}{'image':>10}{'compile s':>11}{'step s':>9}{'steps/s':>9}{'images/s':>10}"
+    header = (f"{'config':<22}{'params':>12}{'batch':>7}{'image':>10}{'compile s':>11}{'step s':>9}"
+              f"{'steps/s':>9}{'images/s':>10}")
     results = []
     for name, config in rows:
         results.append((name, measure(config, args.steps)))

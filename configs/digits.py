@@ -19,14 +19,12 @@ def get_config():
 
     config.model.ch = 32
     config.model.ch_mult = (1, 2)
-    config.model.num_res_blocks = 2
     config.model.attn_resolutions = (4,)
     config.model.dropout = 0.0
     config.model.num_groups = 8
 
     config.training.batch_size = 64
     config.training.num_train_steps = 2_500
-    config.training.log_every_steps = 100
     config.training.checkpoint_every_steps = 500
     config.training.sample_every_steps = 500
     config.training.num_grid_samples = 100
@@ -35,6 +33,5 @@ def get_config():
     config.optim.learning_rate = 1e-3
     config.optim.warmup_steps = 200
 
-    config.sampling.skip = "uniform"
     config.sampling.num_samples = 100
     return config

@@ -17,16 +17,12 @@ def get_config():
 
     config.model.ch = 64
     config.model.ch_mult = (1, 2, 2)
-    config.model.num_res_blocks = 2
     config.model.attn_resolutions = (14,)
-    config.model.dropout = 0.1
 
-    config.training.batch_size = 128
     config.training.num_train_steps = 50_000
     config.training.checkpoint_every_steps = 2_500
     config.training.sample_every_steps = 5_000
     config.training.ema_decay = 0.9995
 
     config.optim.warmup_steps = 1_000
-    config.sampling.skip = "uniform"
     return config

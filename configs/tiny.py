@@ -11,15 +11,15 @@ def get_config():
     config.data.name = "digits"
     config.data.image_size = 8
     config.data.channels = 1
-    config.data.random_flip = True  # exercised by the tests, even if digits are not symmetric
     config.data.eval_split = "train"
+    # data.random_flip stays on: exercised by the tests, even if digits are not symmetric.
 
     config.model.ch = 8
     config.model.ch_mult = (1,)  # no resampling and no attention: the smallest graph to compile
     config.model.num_res_blocks = 1
     config.model.attn_resolutions = ()
-    config.model.dropout = 0.1  # keeps the dropout PRNG path under the resume test
     config.model.num_groups = 4
+    # model.dropout stays 0.1: keeps the dropout PRNG path under the resume test.
 
     config.training.batch_size = 8
     config.training.num_train_steps = 6

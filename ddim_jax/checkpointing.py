@@ -30,6 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ddim_jax import config_utils
+from ddim_jax.models import abstract_params, create_model
+from ddim_jax.train_state import TrainState, image_shape, state_from_params
 
 __all__ = [
     "CheckpointError",
@@ -75,8 +77,8 @@ def make_manager(workdir: str | os.PathLike, *, keep: int = 3, read_only: bool =
     )
 
 
-def save_checkpoint(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict) -> int:
-    """Saves a ``train_lib.TrainState`` (asynchronously when the manager is async). Returns the step.
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, config: ml_collections.ConfigDict) -> int:
+    """Saves a ``TrainState`` (asynchronously when the manager is async). Returns the step.
 
     The caller must have checked that the state is finite: nothing here looks at the values.
     """
@@ -124,17 +126,6 @@ def read_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.Con
     return config_utils.validate_config(config_utils.config_from_json(restored["config"]))
 
 
-def _abstract_params(config: ml_collections.ConfigDict) -> Any:
-    """Shapes/dtypes of the UNet params that ``config`` describes (nothing is computed)."""
-    from ddim_jax.models import create_model
-
-    model = create_model(config)
-    size, channels = config.data.image_size, config.data.channels
-    x = jax.ShapeDtypeStruct((1, size, size, channels), np.float32)
-    t = jax.ShapeDtypeStruct((1,), np.int32)
-    return jax.eval_shape(lambda x, t: model.init({"params": jax.random.PRNGKey(0)}, x, t), x, t)["params"]
-
-
 def load_for_sampling(workdir: str | os.PathLike, use_ema: bool = True):
     """Loads the latest complete checkpoint of a workdir for sampling.
 
@@ -165,7 +156,7 @@ def load_for_sampling(workdir: str | os.PathLike, use_ema: bool = True):
             # with another topology (several devices or processes).
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
-                                  _abstract_params(config))
+                                  abstract_params(create_model(config), image_shape(config)))
             restored = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))
         except CheckpointError:
             raise
@@ -178,7 +169,7 @@ def load_for_sampling(workdir: str | os.PathLike, use_ema: bool = True):
 
 
 def _check_params_match(config: ml_collections.ConfigDict, params: Any) -> None:
-    expected = jax.tree_util.tree_flatten_with_path(_abstract_params(config))[0]
+    expected = jax.tree_util.tree_flatten_with_path(abstract_params(create_model(config), image_shape(config)))[0]
     got = jax.tree_util.tree_flatten_with_path(params)[0]
     expected_map = {jax.tree_util.keystr(path): leaf.shape for path, leaf in expected}
     got_map = {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in got}
@@ -199,8 +190,6 @@ def export_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict
         that ``config`` describes.
       ConfigError: ``config`` is invalid.
     """
-    from ddim_jax import train_lib  # train_lib imports this module
-
     config_utils.validate_config(config)
     _check_params_match(config, params)
     directory = checkpoint_dir(workdir)
@@ -209,7 +198,7 @@ def export_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict
     params = jax.tree.map(lambda leaf: np.asarray(leaf, np.float32), params)
     if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params)):
         raise CheckpointError("refusing to export params with NaN or infinite values")
-    state = train_lib.state_from_params(config, params)
+    state = state_from_params(config, params)
     manager = make_manager(workdir, keep=config.training.keep_checkpoints, async_save=False)
     try:
         save_checkpoint(manager, state, config)

@@ -28,7 +28,6 @@ from ddim_jax.validation import (
     check_reverse_step_args,
     check_same_shape,
     check_timestep,
-    concrete,
 )
 
 Array = Any
@@ -237,7 +236,9 @@ def sigma_hat_step(x_t: Array, eps: Array, t: Array, t_prev: Array, alphas_cumpr
     return _sigma_hat_step(x_t, x0_hat, t, t_prev, alphas_cumprod, noise)
 
 
-def eps_from_prediction(model_output: Array, x_t: Array, t: Array, alphas_cumprod: Array, prediction_type: str) -> Array:
+def eps_from_prediction(
+    model_output: Array, x_t: Array, t: Array, alphas_cumprod: Array, prediction_type: str
+) -> Array:
     """The noise eps implied by a model output of type ``"eps"``, ``"x0"`` or ``"v"``. ``[B, ...]``."""
     check_prediction_type(prediction_type, "eps_from_prediction")
     eps, _ = eps_and_x0_from_output(model_output, x_t, t, alphas_cumprod, prediction_type)

@@ -7,6 +7,7 @@ they write a temporary file in the destination directory and then ``os.replace``
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -76,7 +77,7 @@ def _current_umask() -> int:
     return mask
 
 
-def _atomic_write(path: str | os.PathLike, write_fn, suffix: str) -> None:
+def atomic_write(path: str | os.PathLike, write_fn, suffix: str) -> None:
     """Calls ``write_fn(file_object)`` on a temp file beside ``path``, then renames it onto ``path``."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -106,10 +107,16 @@ def save_png(path: str | os.PathLike, array_uint8: np.ndarray) -> None:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ValueError(f"save_png expects [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {array.shape}")
     image = Image.fromarray(array)
-    _atomic_write(path, lambda f: image.save(f, format="PNG"), ".png")
+    atomic_write(path, lambda f: image.save(f, format="PNG"), ".png")
 
 
 def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
     """Atomically writes ``arrays`` to an uncompressed ``.npz`` file (``np.savez``)."""
     host_arrays = {name: np.asarray(value) for name, value in arrays.items()}
-    _atomic_write(path, lambda f: np.savez(f, **host_arrays), ".npz")
+    atomic_write(path, lambda f: np.savez(f, **host_arrays), ".npz")
+
+
+def save_json(path: str | os.PathLike, payload: Any) -> None:
+    """Atomically writes ``payload`` as indented, key-sorted JSON."""
+    text = json.dumps(payload, indent=2, sort_keys=True).encode()
+    atomic_write(path, lambda f: f.write(text), ".json")

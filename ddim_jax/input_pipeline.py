@@ -17,12 +17,13 @@ All images come out as float32 [H, W, C] in [-1, 1] (``uint8 / 127.5 - 1``).
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
-from absl import flags
 import grain
 import ml_collections
 import numpy as np
+from absl import flags
 from PIL import Image
 
 __all__ = [

@@ -10,7 +10,8 @@ program; ``eps_fn`` and the option flags are static.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -11,12 +11,16 @@ before tracing, and rounding them in float32 moves some steps (e.g. 665 vs 666).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 BETA_SCHEDULES = ("linear", "quad", "cosine", "const", "jsd", "sigmoid")
 SPACINGS = ("uniform", "quad", "leading", "trailing", "linspace")
+# The largest beta a schedule may reach: beta = 1 would make alphas_cumprod 0 from there on.
+_MAX_BETA = 0.999
 
 
 def make_betas(
@@ -52,7 +56,7 @@ def make_betas(
     elif kind == "const":
         betas = np.full(num_timesteps, beta_end, dtype=np.float64)
     elif kind == "jsd":
-        betas = 1.0 / np.linspace(num_timesteps, 1, num_timesteps, dtype=np.float64)
+        betas = np.minimum(1.0 / np.linspace(num_timesteps, 1, num_timesteps, dtype=np.float64), _MAX_BETA)
     elif kind == "sigmoid":
         ramp = np.linspace(-6.0, 6.0, num_timesteps, dtype=np.float64)
         betas = 1.0 / (1.0 + np.exp(-ramp)) * (beta_end - beta_start) + beta_start
@@ -60,7 +64,7 @@ def make_betas(
         offset = 0.008
         steps = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
         alpha_bar = np.cos((steps + offset) / (1.0 + offset) * math.pi / 2.0) ** 2
-        betas = np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], 0.999)
+        betas = np.minimum(1.0 - alpha_bar[1:] / alpha_bar[:-1], _MAX_BETA)
     return betas
 
 
@@ -73,9 +77,18 @@ def alphas_cumprod_from_betas(betas) -> jnp.ndarray:
     betas = np.asarray(betas, dtype=np.float64)
     if betas.ndim != 1 or betas.size == 0:
         raise ValueError(f"alphas_cumprod_from_betas: betas must be a non-empty 1-D array, got shape {betas.shape}")
-    if not np.all((betas > 0.0) & (betas <= 1.0)):
-        raise ValueError("alphas_cumprod_from_betas: every beta must lie in (0, 1]")
+    if not np.all((betas > 0.0) & (betas < 1.0)):
+        raise ValueError("alphas_cumprod_from_betas: every beta must lie in (0, 1) (beta = 1 makes alphas_cumprod 0, "
+                         "where x0 = (x_t - sqrt(1 - a) eps) / sqrt(a) is undefined)")
     return jnp.asarray(np.cumprod(1.0 - betas), dtype=jnp.float32)
+
+
+def make_alphas_cumprod(diffusion: Mapping[str, Any]) -> jnp.ndarray:
+    """``alphas_cumprod`` float32 ``[T]`` of a run config's ``diffusion`` section (``beta_schedule``,
+    ``num_timesteps``, ``beta_start``, ``beta_end``)."""
+    betas = make_betas(diffusion["beta_schedule"], num_timesteps=diffusion["num_timesteps"],
+                       beta_start=diffusion["beta_start"], beta_end=diffusion["beta_end"])
+    return alphas_cumprod_from_betas(betas)
 
 
 def _strictly_increasing_in_range(steps: np.ndarray, num_timesteps: int) -> np.ndarray:
@@ -103,8 +116,10 @@ def timestep_sequence(num_steps: int, num_timesteps: int = 1000, kind: str = "un
 
     - ``"uniform"``: ``floor(i * T / S)``: the authors' ``range(0, T, T // S)`` when S divides
       T, and exactly S steps when it does not (theirs gives S + 1 for e.g. S = 30).
-    - ``"quad"``: ``floor((i / (S-1) * sqrt(0.8 T))^2)`` as in the authors' code (used for
-      CIFAR-10), with ties resolved so there are exactly S distinct steps (theirs repeats).
+    - ``"quad"``: the authors' ``int(linspace(0, sqrt(0.8 T), S) ** 2)`` (used for CIFAR-10), in
+      their arithmetic, so every S whose sequence has no repeats gives exactly their steps. Where
+      theirs repeats a step (small gaps near t = 0 at large S, e.g. S = 100 has 96 distinct), each
+      repeat is pushed up to the next free step, so there are exactly S distinct steps.
     - ``"leading"``: ``i * (T // S)`` (integer stride from 0).
     - ``"trailing"``: ``round(T - i * T / S) - 1``: ends at T-1.
     - ``"linspace"``: ``round(linspace(0, T-1, S))``: both ends included.
@@ -129,7 +144,7 @@ def timestep_sequence(num_steps: int, num_timesteps: int = 1000, kind: str = "un
         if num_steps == 1:
             ascending = np.zeros(1)
         else:
-            ascending = np.floor((index / (num_steps - 1) * math.sqrt(0.8 * num_timesteps)) ** 2)
+            ascending = np.floor(np.linspace(0.0, math.sqrt(0.8 * num_timesteps), num_steps) ** 2)
     elif kind == "leading":
         ascending = index * (num_timesteps // num_steps)
     elif kind == "trailing":

@@ -1,6 +1,6 @@
 """Training a DDPM/DDIM noise-prediction UNet: ``train_and_evaluate(config, workdir)``.
 
-The objective is the paper's L_simple (the same as DDPM; DESIGN.md §2):
+The objective is the paper's L_simple (the same as DDPM; docs/conventions.md):
 
     L = E_{x0, t, eps} || eps - eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t) ||^2,
 
@@ -20,38 +20,41 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-import logging
-
-import flax
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ddim_jax import checkpointing, config_utils, images, input_pipeline
 from ddim_jax.diffusion import forward_marginal
-from ddim_jax.models import create_model, eps_fn_for
+from ddim_jax.meshes import global_data_mesh
+from ddim_jax.models import apply_model, create_model, eps_fn_for
 from ddim_jax.sampling import sample
-from ddim_jax.schedules import alphas_cumprod_from_betas, make_betas, timestep_sequence
+from ddim_jax.schedules import make_alphas_cumprod, timestep_sequence
+from ddim_jax.train_state import (
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    ema_update,
+    learning_rate_schedule,
+    make_optimizer,
+)
 
 __all__ = [
-    "TrainState",
     "NonFiniteLossError",
-    "make_optimizer",
-    "learning_rate_schedule",
-    "make_alphas_cumprod",
-    "create_train_state",
-    "state_from_params",
+    "sample_training_timesteps",
     "l_simple_loss",
     "make_train_step",
-    "make_mesh",
-    "make_eps_fn",
+    "jitted_init",
+    "jitted_train_step",
     "train_and_evaluate",
 ]
 
@@ -65,74 +68,9 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss (or gradient norm) became NaN or infinite; training stopped."""
 
 
-@flax.struct.dataclass
-class TrainState:
-    """Everything a training step reads and writes (a pytree; replicated over devices).
-
-    Attributes:
-      step: int32 scalar, the number of steps taken (= global batches consumed).
-      params: UNet parameters.
-      ema_params: exponential moving average of ``params`` (what samples are drawn from).
-      opt_state: optax state (includes the step count of the warmup schedule).
-      rng: base PRNG key (uint32 [2]); step ``s`` uses ``fold_in(rng, s)``.
-    """
-
-    step: jax.Array
-    params: Any
-    ema_params: Any
-    opt_state: Any
-    rng: jax.Array
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup from 0 to ``optim.learning_rate`` over ``optim.warmup_steps``, then constant."""
-    peak, warmup = config.optim.learning_rate, config.optim.warmup_steps
-    if warmup == 0:
-        return optax.constant_schedule(peak)
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)],
-                                boundaries=[warmup])
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """``clip_by_global_norm(grad_clip_norm)`` followed by Adam with the warmup schedule."""
-    optim = config.optim
-    return optax.chain(
-        optax.clip_by_global_norm(optim.grad_clip_norm),
-        optax.adam(learning_rate_schedule(config), b1=optim.beta1, b2=optim.beta2, eps=optim.eps),
-    )
-
-
-def make_alphas_cumprod(config: ml_collections.ConfigDict) -> jax.Array:
-    """``alphas_cumprod`` [T] of ``config.diffusion``."""
-    diffusion = config.diffusion
-    betas = make_betas(diffusion.beta_schedule, num_timesteps=diffusion.num_timesteps,
-                       beta_start=diffusion.beta_start, beta_end=diffusion.beta_end)
-    return alphas_cumprod_from_betas(betas)
-
-
-def _seed_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
-    """(init key, base training key) from ``config.training.seed``."""
-    init_key, train_key = jax.random.split(jax.random.PRNGKey(config.training.seed))
-    return init_key, train_key
-
-
-def create_train_state(config: ml_collections.ConfigDict) -> TrainState:
-    """A fresh state: UNet init from the seed, EMA = params, fresh optimizer state. Jittable."""
-    model = create_model(config)
-    init_key, train_key = _seed_keys(config)
-    size, channels = config.data.image_size, config.data.channels
-    params = model.init({"params": init_key}, jnp.zeros((1, size, size, channels), jnp.float32),
-                        jnp.zeros((1,), jnp.int32))["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=make_optimizer(config).init(params), rng=train_key)
-
-
-def state_from_params(config: ml_collections.ConfigDict, params: Any) -> TrainState:
-    """A step-0 state around given params (used by ``checkpointing.export_workdir``)."""
-    _, train_key = _seed_keys(config)
-    params = jax.tree.map(jnp.asarray, params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=make_optimizer(config).init(params), rng=train_key)
+def sample_training_timesteps(key: jax.Array, batch: int, num_timesteps: int) -> jax.Array:
+    """t ~ Uniform{0, ..., T-1}, int32 ``[batch]``: every training timestep, including t = 0."""
+    return jax.random.randint(key, (batch,), 0, num_timesteps, dtype=jnp.int32)
 
 
 def l_simple_loss(params: Any, apply_fn: Callable, x0: jax.Array, key: jax.Array,
@@ -141,7 +79,8 @@ def l_simple_loss(params: Any, apply_fn: Callable, x0: jax.Array, key: jax.Array
 
     Args:
       params: UNet params.
-      apply_fn: ``apply_fn(params, x_t, t, dropout_key) -> eps_theta`` [B, H, W, C].
+      apply_fn: ``apply_fn(x_t, t, params, dropout_key) -> eps_theta`` [B, H, W, C] (the
+        convention of ``ddim_jax.models.apply_model``).
       x0: data [B, H, W, C] in [-1, 1].
       key: PRNG key for t, eps and dropout.
       alphas_cumprod: [T].
@@ -151,10 +90,10 @@ def l_simple_loss(params: Any, apply_fn: Callable, x0: jax.Array, key: jax.Array
     """
     t_key, noise_key, dropout_key = jax.random.split(key, 3)
     batch = x0.shape[0]
-    t = jax.random.randint(t_key, (batch,), 0, alphas_cumprod.shape[0], dtype=jnp.int32)
+    t = sample_training_timesteps(t_key, batch, alphas_cumprod.shape[0])
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = forward_marginal(x0, t, noise, alphas_cumprod)  # paper Eq. 4
-    eps_pred = apply_fn(params, x_t, t, dropout_key)
+    eps_pred = apply_fn(x_t, t, params, dropout_key)
     return jnp.mean(jnp.square(noise - eps_pred))
 
 
@@ -166,19 +105,16 @@ def make_train_step(config: ml_collections.ConfigDict) -> Callable[[TrainState, 
     """
     model = create_model(config)
     optimizer = make_optimizer(config)
-    alphas_cumprod = make_alphas_cumprod(config)
+    alphas_cumprod = make_alphas_cumprod(config.diffusion)
     ema_decay = config.training.ema_decay
-
-    def apply_fn(params, x_t, t, dropout_key):
-        return model.apply({"params": params}, x_t, t, train=True, rngs={"dropout": dropout_key})
+    apply_fn = functools.partial(apply_model, model)
 
     def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(state.rng, state.step)
         loss, grads = jax.value_and_grad(l_simple_loss)(state.params, apply_fn, batch, key, alphas_cumprod)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema_params = jax.tree.map(lambda ema, new: ema_decay * ema + (1.0 - ema_decay) * new,
-                                  state.ema_params, params)
+        ema_params = ema_update(state.ema_params, params, ema_decay)
         grad_norm = optax.tree.norm(grads)
         metrics = {"loss": loss, "grad_norm": grad_norm,
                    "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
@@ -187,17 +123,6 @@ def make_train_step(config: ml_collections.ConfigDict) -> Callable[[TrainState, 
         return new_state, metrics
 
     return train_step
-
-
-def make_mesh() -> Mesh:
-    """A 1-D mesh with axis ``data`` over all devices of all processes."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
-
-
-def make_eps_fn(config: ml_collections.ConfigDict) -> Callable:
-    """``eps_fn(x, t, params)`` for ``sample(..., eps_fn_args=(params,))`` (eval mode, no dropout);
-    the same function object for the same architecture, so sampling compiles once."""
-    return eps_fn_for(create_model(config))
 
 
 def _host_value(array: jax.Array) -> np.ndarray:
@@ -303,14 +228,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         raise config_utils.ConfigError(
             f"config.training.batch_size: {training.batch_size} is not divisible by the {num_devices} devices")
 
-    mesh = make_mesh()
+    mesh = global_data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     data_sharding = NamedSharding(mesh, PartitionSpec("data"))
     writer = _Writer(workdir)
 
-    abstract_state = jax.eval_shape(functools.partial(create_train_state, config))
-    abstract_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                                  abstract_state)
+    abstract_state = abstract_train_state(config, replicated)
     manager = checkpointing.make_manager(workdir, keep=training.keep_checkpoints)
     try:
         latest = manager.latest_step()
@@ -320,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             start_step = int(progress["data_position"])
             logger.info("Resumed from checkpoint %d in %s", latest, manager.directory)
         else:
-            state = _jitted_init(_step_cache_key(config), replicated)()
+            state = jitted_init(config, replicated)()
             start_step = 0
         last_saved_step = latest
 
@@ -332,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             batches = input_pipeline.train_batches(config, start_step=start_step,
                                                    process_index=jax.process_index(),
                                                    process_count=jax.process_count())
-        train_step = _jitted_train_step(_step_cache_key(config), replicated, data_sharding)
+        train_step = jitted_train_step(config, replicated, data_sharding)
         grid = _GridSampler(config, replicated) if training.num_grid_samples > 0 else None
         schedule = learning_rate_schedule(config)
         num_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(abstract_state.params))
@@ -367,7 +290,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 path = writer.write_grid(done, grid(state.ema_params), config.data.image_size)
                 if path:
                     logger.info("Wrote EMA samples to %s", path)
-        manager.wait_until_finished()
         return state
     finally:
         manager.wait_until_finished()  # a save in flight completes; a non-finite state is never saved
@@ -377,29 +299,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 # The jitted functions are cached per (config, shardings) so that several runs in one process
 # (tests, notebooks) reuse their compilations; the config travels as its JSON text (hashable).
 def _step_cache_key(config: ml_collections.ConfigDict) -> str:
-    """The config with only the keys that init and the train step depend on changed to defaults.
+    """The config's JSON with the keys that init and the train step do NOT depend on reset.
 
-    Run-length keys (steps, logging and checkpoint intervals, sampling) do not change the compiled
-    step, so runs that differ only there share one compilation.
+    Run-length keys (steps, logging and checkpoint intervals, grids) and the sampling section do
+    not change the compiled step, so runs that differ only there share one compilation.
     """
     key = config_utils.config_from_json(config_utils.config_to_json(config))
     for name in ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "sample_every_steps",
                  "num_grid_samples", "keep_checkpoints"):
         key.training[name] = 1
+    key.sampling = config_utils.default_config().sampling
     return config_utils.config_to_json(key)
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_init(config_json: str, replicated: NamedSharding) -> Callable[[], TrainState]:
+def _cached_init(config_json: str, replicated: NamedSharding) -> Callable[[], TrainState]:
     config = config_utils.config_from_json(config_json)
     return jax.jit(functools.partial(create_train_state, config), out_shardings=replicated)
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_train_step(config_json: str, replicated: NamedSharding, data_sharding: NamedSharding):
+def _cached_train_step(config_json: str, replicated: NamedSharding, data_sharding: NamedSharding):
     config = config_utils.config_from_json(config_json)
     return jax.jit(make_train_step(config), in_shardings=(replicated, data_sharding),
                    out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def jitted_init(config: ml_collections.ConfigDict, replicated: NamedSharding) -> Callable[[], TrainState]:
+    """``init() -> TrainState`` compiled with its output on ``replicated``; cached per config."""
+    return _cached_init(_step_cache_key(config), replicated)
+
+
+def jitted_train_step(config: ml_collections.ConfigDict, replicated: NamedSharding,
+                      data_sharding: NamedSharding) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
+    """:func:`make_train_step` compiled for a replicated state and a ``data_sharding`` batch (the
+    state is donated); cached per config, so runs differing only in run length share it."""
+    return _cached_train_step(_step_cache_key(config), replicated, data_sharding)
 
 
 class _GridSampler:
@@ -407,18 +342,18 @@ class _GridSampler:
 
     def __init__(self, config: ml_collections.ConfigDict, replicated: NamedSharding):
         # One function object per architecture: ``sample`` compiles once per run (and per process).
-        self.eps_fn = make_eps_fn(config)
+        self.eps_fn = eps_fn_for(create_model(config))
         size, channels = config.data.image_size, config.data.channels
         x_T = jax.random.normal(jax.random.PRNGKey(config.training.seed + 1),
                                 (config.training.num_grid_samples, size, size, channels))
         self.x_T = jax.device_put(np.asarray(x_T), replicated)
-        self.alphas_cumprod = jax.device_put(np.asarray(make_alphas_cumprod(config)), replicated)
+        self.alphas_cumprod = jax.device_put(np.asarray(make_alphas_cumprod(config.diffusion)), replicated)
         self.seq = timestep_sequence(config.sampling.num_steps, config.diffusion.num_timesteps,
                                      kind=config.sampling.skip)
         self.eta = config.sampling.eta
         self.key = jax.device_put(np.asarray(jax.random.PRNGKey(config.training.seed + 2)), replicated)
         self.clip_x0 = config.sampling.clip_x0
-        self.rederive_eps = config.sampling.get("rederive_eps", True)
+        self.rederive_eps = config.sampling.rederive_eps
 
     def __call__(self, ema_params: Any) -> np.ndarray:
         x0 = sample(self.eps_fn, self.x_T, self.seq, self.alphas_cumprod, self.eta,

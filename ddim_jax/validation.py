@@ -61,7 +61,8 @@ def check_t_prev_below_t(t, t_prev, fn: str) -> None:
     if t_value is None or t_prev_value is None:
         return
     if np.any(t_prev_value >= t_value):
-        raise ValueError(f"{fn}: t_prev must be smaller than t (the reverse process goes down in t); got t={t_value}, t_prev={t_prev_value}")
+        raise ValueError(f"{fn}: t_prev must be smaller than t (the reverse process goes down in t); "
+                         f"got t={t_value}, t_prev={t_prev_value}")
 
 
 def check_reverse_step_args(fn: str, x_t, eps, t, t_prev, alphas_cumprod, noise=None) -> None:
@@ -104,9 +105,11 @@ def check_sequence(seq, num_timesteps: int, fn: str) -> None:
     if values is None:
         return
     if values.min() < 0 or values.max() > num_timesteps - 1:
-        raise ValueError(f"{fn}: seq values must lie in [0, T-1 = {num_timesteps - 1}], got [{values.min()}, {values.max()}]")
+        raise ValueError(f"{fn}: seq values must lie in [0, T-1 = {num_timesteps - 1}], "
+                         f"got [{values.min()}, {values.max()}]")
     if values.size > 1 and not np.all(np.diff(values) < 0):
-        raise ValueError(f"{fn}: seq must be strictly descending (as timestep_sequence returns it), got {values.tolist()}")
+        raise ValueError(f"{fn}: seq must be strictly descending (as timestep_sequence returns it), "
+                         f"got {values.tolist()}")
 
 
 def check_eps_fn(eps_fn, eps_fn_args, fn: str) -> tuple:

@@ -12,18 +12,17 @@ import jax
 import numpy as np
 import pytest
 
-from ddim_jax import config_utils, checkpointing, train_lib
+import configs.tiny
+from ddim_jax import checkpointing, train_lib, train_state
 from ddim_jax.checkpointing import CheckpointError, export_workdir, load_for_sampling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name):
-    return config_utils.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def random_params(config, seed=0):
-    shapes = jax.eval_shape(lambda: train_lib.create_train_state(config).params)
+    shapes = jax.eval_shape(lambda: train_state.create_train_state(config).params)
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
 
@@ -35,7 +34,7 @@ def assert_trees_equal(a, b):
 
 
 def test_export_workdir_and_load_for_sampling_round_trip(tmp_path):
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     params = random_params(config)
     export_workdir(str(tmp_path), config, params)
     for use_ema in (True, False):
@@ -48,7 +47,7 @@ def test_export_workdir_and_load_for_sampling_round_trip(tmp_path):
 
 
 def test_training_resumes_from_an_exported_workdir(tmp_path):
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     params = random_params(config, seed=1)
     for leaves in jax.tree.leaves(params):
         leaves *= 0.05  # keep the random network's outputs moderate
@@ -65,10 +64,11 @@ def test_training_resumes_from_an_exported_workdir(tmp_path):
 
 
 def test_export_refuses_params_that_do_not_fit_the_config(tmp_path):
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     params = random_params(config)
     params["conv_in"]["kernel"] = params["conv_in"]["kernel"][..., :4]
-    with pytest.raises(CheckpointError, match=r"\['conv_in'\]\['kernel'\]: expected shape \(3, 3, 1, 8\), got \(3, 3, 1, 4\)"):
+    expected = r"\['conv_in'\]\['kernel'\]: expected shape \(3, 3, 1, 8\), got \(3, 3, 1, 4\)"
+    with pytest.raises(CheckpointError, match=expected):
         export_workdir(str(tmp_path), config, params)
     good = random_params(config)
     good["conv_out"]["bias"][0] = np.nan
@@ -84,7 +84,7 @@ def test_load_for_sampling_errors_are_one_line_value_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         load_for_sampling(str(tmp_path / "empty"))
     # A checkpoint whose arrays are gone: the failed load is reported, not a raw orbax traceback.
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     export_workdir(str(tmp_path / "broken"), config, random_params(config))
     ema_dir = tmp_path / "broken" / "checkpoints" / "0" / "ema_params"
     for root, _, files in os.walk(ema_dir):
@@ -96,7 +96,7 @@ def test_load_for_sampling_errors_are_one_line_value_errors(tmp_path):
 
 
 def test_a_partly_written_checkpoint_is_never_taken_for_a_good_one(tmp_path):
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     params = random_params(config)
     export_workdir(str(tmp_path), config, params)
     # What a save killed half-way leaves behind: a tmp dir with a plausible-looking layout.
@@ -118,21 +118,14 @@ RUN_OVERRIDES = ("--config.training.num_train_steps=12", "--config.training.chec
                  "--config.training.keep_checkpoints=3")
 
 
-def train_py_env(tmp_path_factory):
-    """Subprocess environment with a persistent compilation cache shared by this session's runs."""
-    cache = tmp_path_factory.getbasetemp() / "jax_compilation_cache"
-    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
 def train_py_command(workdir):
     return [sys.executable, os.path.join(REPO, "train.py"), "--config", "configs/tiny.py",
             "--workdir", str(workdir), *RUN_OVERRIDES]
 
 
 @pytest.mark.slow  # three training subprocesses: ~40 s alone on 2 cores (the first compiles)
-def test_sigkill_at_a_random_moment_then_resume_gives_identical_params(tmp_path, tmp_path_factory):
-    env = train_py_env(tmp_path_factory)
+def test_sigkill_at_a_random_moment_then_resume_gives_identical_params(tmp_path, subprocess_env):
+    env = subprocess_env()
     reference = subprocess.run(train_py_command(tmp_path / "reference"), cwd=REPO, env=env,
                                capture_output=True, text=True, timeout=600)
     assert reference.returncode == 0, reference.stderr[-2000:]
@@ -169,7 +162,7 @@ def test_sigkill_at_a_random_moment_then_resume_gives_identical_params(tmp_path,
         assert want_step == got_step == 12
         assert_trees_equal(want, got)
     # The optimizer state and PRNG key of the last checkpoints agree as well.
-    abstract = jax.eval_shape(lambda: train_lib.create_train_state(load_config("tiny")))
+    abstract = jax.eval_shape(lambda: train_state.create_train_state(configs.tiny.get_config()))
     states = []
     for directory in (tmp_path / "reference", workdir):
         manager = checkpointing.make_manager(str(directory), read_only=True, async_save=False)

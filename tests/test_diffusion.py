@@ -108,7 +108,8 @@ def test_reference_tolerance_catches_off_by_one_and_missing_sqrt():
             assert_close_float32(ours, wrong)
 
 
-@pytest.mark.parametrize("t, t_prev", [(999, 949), (300, 100), (10, -1), ([999, 500, 100, 3, 0], [998, 250, 50, -1, -1])])
+@pytest.mark.parametrize("t, t_prev", [(999, 949), (300, 100), (10, -1),
+                                       ([999, 500, 100, 3, 0], [998, 250, 50, -1, -1])])
 def test_eta_one_is_ddpm_ancestral_step_with_posterior_variance(t, t_prev):
     x_t, eps, z = arrays(2)
     actual = generalized_step(x_t, eps, jnp.asarray(t), jnp.asarray(t_prev), ALPHAS_CUMPROD, 1.0, z)

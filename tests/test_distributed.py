@@ -17,18 +17,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from ddim_jax import config_utils  # noqa: E402  (after the path set-up, for the script mode below)
-
-
-def load_config(name):
-    return config_utils.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
-
-
-def subprocess_env(tmp_path_factory, **extra):
-    cache = tmp_path_factory.getbasetemp() / "jax_compilation_cache"
-    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-                **extra)
+import configs.tiny  # noqa: E402  (after the path set-up, for the script mode below)
 
 
 def devices_worker() -> None:
@@ -36,19 +25,18 @@ def devices_worker() -> None:
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from ddim_jax import config_utils, input_pipeline, train_lib
+    from ddim_jax import input_pipeline, train_lib
 
     assert jax.device_count() == 2, jax.devices()
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     dataset = input_pipeline.train_dataset(config)
     results = {}
     for count in (1, 2):
         mesh = Mesh(np.asarray(jax.devices()[:count]), ("data",))
         replicated = NamedSharding(mesh, PartitionSpec())
         data_sharding = NamedSharding(mesh, PartitionSpec("data"))
-        key = train_lib._step_cache_key(config)
-        state = train_lib._jitted_init(key, replicated)()
-        step = train_lib._jitted_train_step(key, replicated, data_sharding)
+        state = train_lib.jitted_init(config, replicated)()
+        step = train_lib.jitted_train_step(config, replicated, data_sharding)
         losses = []
         for index in range(3):
             batch = jax.device_put(dataset[index], data_sharding)
@@ -60,8 +48,8 @@ def devices_worker() -> None:
     print("RESULT " + json.dumps(results))
 
 
-def test_one_train_step_on_two_simulated_devices_equals_one_device(tmp_path_factory):
-    env = subprocess_env(tmp_path_factory, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+def test_one_train_step_on_two_simulated_devices_equals_one_device(subprocess_env):
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
     result = subprocess.run([sys.executable, os.path.abspath(__file__), "devices"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -96,8 +84,8 @@ def read_losses(workdir):
 
 
 @pytest.mark.slow  # two processes compile and join over gloo: ~40-60 s on 2 cores
-def test_two_processes_joined_by_jax_distributed_match_one_process(tmp_path, tmp_path_factory):
-    env = subprocess_env(tmp_path_factory)
+def test_two_processes_joined_by_jax_distributed_match_one_process(tmp_path, subprocess_env):
+    env = subprocess_env()
     single = subprocess.run(train_command(tmp_path / "single"), cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]

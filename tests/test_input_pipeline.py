@@ -1,23 +1,27 @@
 """Input pipeline: scaling, shapes, deterministic (seed, step) order, process slices, TFDS mock data."""
 
+import importlib
 import os
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from ddim_jax import config_utils, input_pipeline
+import configs  # noqa: F401  (the package; modules are imported by name below)
+import configs.celeba64
+import configs.digits
+import configs.mnist
+import configs.tiny
+from ddim_jax import input_pipeline
 from ddim_jax.config_utils import default_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name):
-    return config_utils.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def test_digits_batches_are_the_sklearn_digits_scaled_to_minus_one_one():
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     config.data.random_flip = False
     batch = input_pipeline.train_dataset(config)[0]
     assert batch.shape == (8, 8, 8, 1) and batch.dtype == np.float32
@@ -32,7 +36,7 @@ def test_digits_batches_are_the_sklearn_digits_scaled_to_minus_one_one():
 
 
 def test_order_is_a_function_of_seed_and_step_and_epochs_reshuffle():
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     full = input_pipeline.train_dataset(config)
     resumed = input_pipeline.train_batches(config, start_step=5)
     for step in range(5, 8):
@@ -40,13 +44,13 @@ def test_order_is_a_function_of_seed_and_step_and_epochs_reshuffle():
     # One epoch is 1797 // 8 = 224 full batches plus a remainder; examples of epoch 2 come in a new order.
     steps_per_epoch = 1797 // 8
     assert not np.array_equal(full[0], full[steps_per_epoch + 10])
-    other_seed = load_config("tiny")
+    other_seed = configs.tiny.get_config()
     other_seed.training.seed = 1
     assert not np.array_equal(input_pipeline.train_dataset(other_seed)[0], full[0])
 
 
 def test_processes_read_contiguous_slices_of_the_global_batch():
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     global_batch = input_pipeline.train_dataset(config, start_step=3)[0]
     parts = [input_pipeline.train_dataset(config, start_step=3, process_index=p, process_count=2)[0]
              for p in range(2)]
@@ -57,8 +61,8 @@ def test_processes_read_contiguous_slices_of_the_global_batch():
 
 
 def test_random_flips_mirror_about_half_the_images_deterministically():
-    flipped_config = load_config("tiny")
-    plain_config = load_config("tiny")
+    flipped_config = configs.tiny.get_config()
+    plain_config = configs.tiny.get_config()
     plain_config.data.random_flip = False
     flipped = np.concatenate([input_pipeline.train_dataset(flipped_config)[i] for i in range(16)])
     plain = np.concatenate([input_pipeline.train_dataset(plain_config)[i] for i in range(16)])
@@ -73,7 +77,7 @@ def test_random_flips_mirror_about_half_the_images_deterministically():
 @pytest.mark.parametrize("name, size, channels", [("mnist", 28, 1), ("cifar10", 32, 3)])
 def test_tfds_mock_data_batches_are_scaled_and_shaped(name, size, channels):
     tfds = pytest.importorskip("tensorflow_datasets")
-    config = load_config(name)
+    config = importlib.import_module(f"configs.{name}").get_config()
     config.training.batch_size = 4
     config.data.num_workers = 0  # mock data is patched into this process only
     with tfds.testing.mock_data(num_examples=10):
@@ -94,7 +98,7 @@ def test_tfds_mock_data_batches_are_scaled_and_shaped(name, size, channels):
 
 def test_celeba_crop_and_resize_under_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets")
-    config = load_config("celeba64")
+    config = configs.celeba64.get_config()
     config.training.batch_size = 2
     config.data.num_workers = 0
     with tfds.testing.mock_data(num_examples=4):
@@ -118,14 +122,14 @@ def test_preprocess_crops_resizes_and_flips():
 
 
 def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
-    config = load_config("mnist")
+    config = configs.mnist.get_config()
     config.data.data_dir = str(tmp_path)
     with pytest.raises(input_pipeline.DatasetNotPreparedError, match=r"tfds build mnist --file_format=array_record"):
         input_pipeline.open_source(config, "train")
 
 
 def test_load_eval_images_is_seeded_and_checks_its_count():
-    config = load_config("digits")
+    config = configs.digits.get_config()
     first = input_pipeline.load_eval_images(config, 5, seed=0)
     np.testing.assert_array_equal(first, input_pipeline.load_eval_images(config, 5, seed=0))
     assert not np.array_equal(first, input_pipeline.load_eval_images(config, 5, seed=1))

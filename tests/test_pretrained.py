@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from ddim_jax import alphas_cumprod_from_betas, sample, timestep_sequence  # noqa: E402
+from ddim_jax import alphas_cumprod_from_betas, batching, loading, sample, sample_spec, timestep_sequence  # noqa: E402
 from ddim_jax.pretrained import (  # noqa: E402
     DDPM_CIFAR10_LAYOUT,
     PretrainedError,
@@ -244,7 +244,8 @@ def test_weight_mismatches_are_named(tmp_path, small):
 @pytest.mark.parametrize(
     "change,match",
     [
-        ({"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"]}, "unsupported block types: CrossAttnDownBlock2D"),
+        ({"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"]},
+         "unsupported block types: CrossAttnDownBlock2D"),
         ({"up_block_types": ["AttnUpBlock2D", "SkipUpBlock2D"]}, "SkipUpBlock2D"),
         ({"time_embedding_type": "fourier"}, "time_embedding_type='fourier'"),
         ({"class_embed_type": "timestep"}, "class_embed_type='timestep'"),
@@ -334,17 +335,16 @@ def test_export_to_workdir_round_trip(tmp_path, small, capsys):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     # Sampling the exported workdir follows the checkpoint's conventions, as --pretrained does:
     # same clipping, and eps kept (not re-derived) after clipping, like diffusers' DDIMScheduler.
-    from ddim_jax import sample_lib
 
-    from_workdir, from_pretrained = sample_lib.load_run(str(workdir)), sample_lib.load_pretrained(str(directory))
+    from_workdir, from_pretrained = loading.load_run(str(workdir)), loading.load_pretrained(str(directory))
     assert from_workdir.rederive_eps is False and from_pretrained.rederive_eps is False
     assert from_workdir.defaults["clip_x0"] == from_pretrained.defaults["clip_x0"]
-    spec = sample_lib.SamplerSpec(steps=3, clip_x0=True)
+    spec = sample_spec.SamplerSpec(steps=3, clip_x0=True)
     seq = timestep_sequence(3, 1000)
     x_T = 3 * np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3)))
     np.testing.assert_allclose(
-        sample_lib.BatchedSampler(from_workdir, 2).decode_batch(x_T, seq, spec, jax.random.PRNGKey(1)),
-        sample_lib.BatchedSampler(from_pretrained, 2).decode_batch(x_T, seq, spec, jax.random.PRNGKey(1)),
+        batching.BatchedSampler(from_workdir, 2).decode_batch(x_T, seq, spec, jax.random.PRNGKey(1)),
+        batching.BatchedSampler(from_pretrained, 2).decode_batch(x_T, seq, spec, jax.random.PRNGKey(1)),
         rtol=1e-5, atol=1e-5)
     # A second export into the same workdir is refused with a one-line message and exit status 1.
     capsys.readouterr()

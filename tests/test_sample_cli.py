@@ -19,29 +19,26 @@ import pytest
 from flax import linen as nn
 from PIL import Image
 
-from ddim_jax import sample_lib
+import configs.tiny
+import sample as sample_cli
+from ddim_jax import batching, images, loading, sample_lib, sample_modes, sample_spec, shards
+from ddim_jax.checkpointing import export_workdir
 from ddim_jax.images import GRID_PADDING
+from ddim_jax.models import abstract_params, create_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = (8, 8, 1)
-UPSCALE = sample_lib.GRID_MIN_IMAGE_SIZE // IMAGE[0]
+UPSCALE = sample_modes.GRID_MIN_IMAGE_SIZE // IMAGE[0]
 
 
 def _tiny_config():
-    from ddim_jax.config_utils import load_config_file
-
-    return load_config_file(os.path.join(REPO, "configs", "tiny.py"))
+    return configs.tiny.get_config()
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    from ddim_jax.checkpointing import export_workdir
-    from ddim_jax.models import create_model
-
     config = _tiny_config()
-    model = create_model(config)
-    shapes = jax.eval_shape(model.init, {"params": jax.random.key(0)}, jnp.zeros((1,) + IMAGE),
-                            jnp.zeros((1,), jnp.int32))["params"]
+    shapes = abstract_params(create_model(config), IMAGE)
     rng = np.random.default_rng(0)
 
     def random_leaf(path, leaf):
@@ -81,22 +78,22 @@ def _run_cli(*args, env=None):
 def test_normalize_argv_accepts_dashed_spellings():
     argv = ["sample.py", "--batch-size=8", "--sigma-hat", "--no-ema", "--no_clip", "--out", "my-file.png",
             "--eta", "-1", "--steps=20", "--", "--keep-this"]
-    assert sample_lib.normalize_argv(argv, boolean_flags=("ema", "clip", "sigma_hat")) == [
+    assert sample_cli.normalize_argv(argv, boolean_flags=("ema", "clip", "sigma_hat")) == [
         "sample.py", "--batch_size=8", "--sigma_hat", "--noema", "--noclip", "--out", "my-file.png",
         "--eta", "-1", "--steps=20", "--", "--keep-this"]
 
 
 @pytest.mark.parametrize("spec, message", [
-    (sample_lib.SamplerSpec(steps=0), "--steps must be at least 1"),
-    (sample_lib.SamplerSpec(steps=1001), "above the model's number of training timesteps T=1000"),
-    (sample_lib.SamplerSpec(skip="cubic"), "unknown --skip='cubic'"),
-    (sample_lib.SamplerSpec(eta=-0.5), "--eta must be in [0, 1]"),
-    (sample_lib.SamplerSpec(eta=1.5), "--eta must be in [0, 1]"),
-    (sample_lib.SamplerSpec(eta=0.5, sigma_hat=True), "--sigma_hat replaces eta"),
+    (sample_spec.SamplerSpec(steps=0), "--steps must be at least 1"),
+    (sample_spec.SamplerSpec(steps=1001), "above the model's number of training timesteps T=1000"),
+    (sample_spec.SamplerSpec(skip="cubic"), "unknown --skip='cubic'"),
+    (sample_spec.SamplerSpec(eta=-0.5), "--eta must be in [0, 1]"),
+    (sample_spec.SamplerSpec(eta=1.5), "--eta must be in [0, 1]"),
+    (sample_spec.SamplerSpec(eta=0.5, sigma_hat=True), "--sigma_hat replaces eta"),
 ])
 def test_validate_spec_names_the_problem(spec, message):
-    with pytest.raises(sample_lib.SampleError) as error:
-        sample_lib.validate_spec(spec, num_timesteps=1000)
+    with pytest.raises(sample_spec.SampleError) as error:
+        sample_spec.validate_spec(spec, num_timesteps=1000)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -105,15 +102,15 @@ def test_step_counts_defaults_clip_to_T_and_requests_are_checked():
     assert sample_lib.resolve_step_counts(None, "consistency", 1000) == (10, 20, 50, 100, 1000)
     assert sample_lib.resolve_step_counts(None, "consistency", 40) == (10, 20, 40)
     assert sample_lib.resolve_step_counts([5, 2, 5], "reconstruct", 40) == (5, 2)
-    with pytest.raises(sample_lib.SampleError, match="outside 1..T=40"):
+    with pytest.raises(sample_spec.SampleError, match="outside 1..T=40"):
         sample_lib.resolve_step_counts([50], "reconstruct", 40)
 
 
 def test_shard_keys_depend_only_on_seed_and_index():
-    first = jax.random.key_data(sample_lib.shard_key(3, 7)[0])
-    np.testing.assert_array_equal(first, jax.random.key_data(sample_lib.shard_key(3, 7)[0]))
-    assert not np.array_equal(first, jax.random.key_data(sample_lib.shard_key(3, 8)[0]))
-    assert not np.array_equal(first, jax.random.key_data(sample_lib.shard_key(4, 7)[0]))
+    first = jax.random.key_data(shards.shard_key(3, 7)[0])
+    np.testing.assert_array_equal(first, jax.random.key_data(shards.shard_key(3, 7)[0]))
+    assert not np.array_equal(first, jax.random.key_data(shards.shard_key(3, 8)[0]))
+    assert not np.array_equal(first, jax.random.key_data(shards.shard_key(4, 7)[0]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +124,7 @@ def test_samples_exact_count_and_determinism(workdir, tmp_path):
     assert first.shape == (6,) + IMAGE and first.dtype == np.uint8
     with np.load(tmp_path / "a.npz") as saved:
         np.testing.assert_array_equal(saved["images"], first)
-    assert not os.path.exists(sample_lib.shard_dir_for(str(tmp_path / "a.npz")))
+    assert not os.path.exists(shards.shard_dir_for(str(tmp_path / "a.npz")))
     again = sample_lib.run(_options(workdir, tmp_path / "b.npz", seed=1))
     np.testing.assert_array_equal(again, first)
     other_seed = sample_lib.run(_options(workdir, tmp_path / "c.npz", seed=2))
@@ -171,7 +168,7 @@ def test_resume_after_interrupted_run(workdir, tmp_path, monkeypatch):
     expected = sample_lib.run(_options(workdir, tmp_path / "reference.npz", num=10))
 
     calls = []
-    real_decode = sample_lib.BatchedSampler.decode_batch
+    real_decode = batching.BatchedSampler.decode_batch
 
     def decode_then_die(self, *args, **kwargs):
         if len(calls) == 2:
@@ -179,15 +176,15 @@ def test_resume_after_interrupted_run(workdir, tmp_path, monkeypatch):
         calls.append(1)
         return real_decode(self, *args, **kwargs)
 
-    monkeypatch.setattr(sample_lib.BatchedSampler, "decode_batch", decode_then_die)
+    monkeypatch.setattr(batching.BatchedSampler, "decode_batch", decode_then_die)
     with pytest.raises(KeyboardInterrupt):
         sample_lib.run(_options(workdir, out, num=10))
-    shard_dir = sample_lib.shard_dir_for(out)
+    shard_dir = shards.shard_dir_for(out)
     assert sorted(os.listdir(shard_dir)) == ["meta.json", "shard_000000.npz", "shard_000001.npz"]
     assert not os.path.exists(out)
 
     calls.clear()
-    monkeypatch.setattr(sample_lib.BatchedSampler, "decode_batch",
+    monkeypatch.setattr(batching.BatchedSampler, "decode_batch",
                         lambda self, *a, **k: (calls.append(1), real_decode(self, *a, **k))[1])
     resumed = sample_lib.run(_options(workdir, out, num=10))
     assert len(calls) == 1   # only the missing third shard was sampled
@@ -196,17 +193,17 @@ def test_resume_after_interrupted_run(workdir, tmp_path, monkeypatch):
 
 def test_resume_refuses_shards_of_other_settings(workdir, tmp_path):
     out = str(tmp_path / "mixed.npz")
-    shard_dir = sample_lib.shard_dir_for(out)
+    shard_dir = shards.shard_dir_for(out)
     os.makedirs(shard_dir)
-    sample_lib._write_json_atomic(os.path.join(shard_dir, "meta.json"), {"seed": 99})
-    with pytest.raises(sample_lib.SampleError, match="holds shards of a run with other settings"):
+    images.save_json(os.path.join(shard_dir, "meta.json"), {"seed": 99})
+    with pytest.raises(sample_spec.SampleError, match="holds shards of a run with other settings"):
         sample_lib.run(_options(workdir, out))
 
 
 def test_interpolate_rows_start_and_end_at_the_pair(workdir, tmp_path):
     out = tmp_path / "interp.png"
     images = sample_lib.run(_options(workdir, out, mode="interpolate", num=2))
-    points = sample_lib.INTERPOLATION_POINTS
+    points = sample_modes.INTERPOLATION_POINTS
     assert images.shape == (2 * points,) + IMAGE
     assert np.asarray(Image.open(out)).shape == _grid_shape(2, points)
     rows = images.reshape((2, points) + IMAGE).astype(float)
@@ -256,10 +253,10 @@ def test_reconstruction_error_falls_with_steps(tmp_path):
     from ddim_jax import alphas_cumprod_from_betas, make_betas
 
     alphas_cumprod = alphas_cumprod_from_betas(make_betas("linear", num_timesteps=1000, beta_start=1e-4, beta_end=2e-2))
-    loaded = sample_lib.LoadedModel(model=_GaussianDataEps(), params={"alphas_cumprod": alphas_cumprod},
+    loaded = loading.LoadedModel(model=_GaussianDataEps(), params={"alphas_cumprod": alphas_cumprod},
                                     alphas_cumprod=alphas_cumprod, image_shape=IMAGE, config=_tiny_config())
-    spec = sample_lib.SamplerSpec(clip_x0=False)
-    mse = sample_lib.run_reconstruct(loaded, spec, num=4, batch_size=4, seed=0, out=str(tmp_path / "r.png"),
+    spec = sample_spec.SamplerSpec(clip_x0=False)
+    mse = sample_modes.run_reconstruct(loaded, spec, num=4, batch_size=4, seed=0, out=str(tmp_path / "r.png"),
                                      step_counts=(5, 20, 100), progress=False)
     assert mse[5] > 3 * mse[20] > 9 * mse[100]
     assert mse[100] < 5e-4
@@ -289,7 +286,7 @@ def test_consistency_same_code_several_step_counts(workdir, tmp_path):
 ])
 def test_bad_options_raise_one_line_errors(workdir, tmp_path, overrides, message):
     overrides.setdefault("out", str(tmp_path / "x.png"))
-    with pytest.raises(sample_lib.SampleError) as error:
+    with pytest.raises(sample_spec.SampleError) as error:
         sample_lib.run(_options(workdir, **overrides))
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not os.listdir(tmp_path)
@@ -299,17 +296,17 @@ def test_checkpoint_that_fails_to_load(workdir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(workdir, broken)
     shutil.rmtree(broken / "checkpoints" / "0" / "ema_params")
-    with pytest.raises(sample_lib.SampleError, match="cannot load a checkpoint from .*ema_params") as error:
+    with pytest.raises(sample_spec.SampleError, match="cannot load a checkpoint from .*ema_params") as error:
         sample_lib.run(_options(str(broken), tmp_path / "x.png"))
     assert "\n" not in str(error.value)
 
 
 def test_missing_and_empty_workdir(tmp_path):
-    with pytest.raises(sample_lib.SampleError, match="does not exist"):
+    with pytest.raises(sample_spec.SampleError, match="does not exist"):
         sample_lib.run(_options(str(tmp_path / "nowhere"), tmp_path / "x.png"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(sample_lib.SampleError, match="cannot load a checkpoint"):
+    with pytest.raises(sample_spec.SampleError, match="cannot load a checkpoint"):
         sample_lib.run(_options(str(empty), tmp_path / "x.png"))
 
 
@@ -377,7 +374,7 @@ def test_pretrained_dir_follows_its_scheduler_and_matches_a_torch_ddim_loop(diff
     import torch
 
     path, unet, scheduler = diffusers_dir
-    loaded = sample_lib.load_pretrained(path)
+    loaded = loading.load_pretrained(path)
     assert loaded.num_timesteps == 500 and loaded.image_shape == IMAGE
     assert loaded.defaults["clip_x0"] is False
     np.testing.assert_allclose(np.asarray(loaded.alphas_cumprod), scheduler.alphas_cumprod.numpy(), rtol=1e-6)
@@ -390,8 +387,8 @@ def test_pretrained_dir_follows_its_scheduler_and_matches_a_torch_ddim_loop(diff
     seq = timestep_sequence(num_steps=steps, num_timesteps=500, kind="leading")
     np.testing.assert_array_equal(seq, scheduler.timesteps.numpy())
     x_T = np.asarray(jax.random.normal(jax.random.key(0), (3,) + IMAGE))
-    ours = sample_lib.BatchedSampler(loaded, batch_size=4).decode_batch(
-        x_T, seq, sample_lib.SamplerSpec(steps=steps, skip="leading", clip_x0=False), jax.random.key(1))
+    ours = batching.BatchedSampler(loaded, batch_size=4).decode_batch(
+        x_T, seq, sample_spec.SamplerSpec(steps=steps, skip="leading", clip_x0=False), jax.random.key(1))
     x = torch.from_numpy(x_T.transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
         for t in scheduler.timesteps:
@@ -403,8 +400,8 @@ def test_pretrained_dir_follows_its_scheduler_and_matches_a_torch_ddim_loop(diff
 
     clipping = diffusers.DDIMScheduler.from_config(scheduler.config, clip_sample=True)
     clipping.set_timesteps(steps)
-    ours = sample_lib.BatchedSampler(loaded, batch_size=4).decode_batch(
-        2 * x_T, seq, sample_lib.SamplerSpec(steps=steps, skip="leading", clip_x0=True), jax.random.key(1))
+    ours = batching.BatchedSampler(loaded, batch_size=4).decode_batch(
+        2 * x_T, seq, sample_spec.SamplerSpec(steps=steps, skip="leading", clip_x0=True), jax.random.key(1))
     x = torch.from_numpy(2 * x_T.transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
         for t in clipping.timesteps:
@@ -414,10 +411,10 @@ def test_pretrained_dir_follows_its_scheduler_and_matches_a_torch_ddim_loop(diff
     images = sample_lib.run(sample_lib.SampleOptions(pretrained=path, steps=steps, num=3, batch_size=4,
                                                      out=str(tmp_path / "p.npz"), progress=False))
     assert images.shape == (3,) + IMAGE and images.dtype == np.uint8
-    with pytest.raises(sample_lib.SampleError, match="T=500"):
+    with pytest.raises(sample_spec.SampleError, match="T=500"):
         sample_lib.run(sample_lib.SampleOptions(pretrained=path, steps=501, out=str(tmp_path / "q.png")))
 
 
 def test_pretrained_missing_dir_is_one_line(tmp_path):
-    with pytest.raises(sample_lib.SampleError, match="cannot load pretrained model .*no such directory"):
+    with pytest.raises(sample_spec.SampleError, match="cannot load pretrained model .*no such directory"):
         sample_lib.run(sample_lib.SampleOptions(pretrained=str(tmp_path / "absent"), out=str(tmp_path / "p.png")))

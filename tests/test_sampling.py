@@ -1,5 +1,4 @@
 """sample / encode / slerp: equivalence with step-by-step loops, compilation, validation."""
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -123,7 +122,8 @@ def test_no_recompilation_and_one_trace_whatever_S():
 def test_sample_is_jittable_and_vmappable_from_outside():
     seq = timestep_sequence(6, T)
     run = jax.jit(lambda x, w: sample(toy_eps, x, seq, ALPHAS_CUMPROD, eps_fn_args=(w,)))
-    np.testing.assert_allclose(run(x_T(), 0.5), sample(toy_eps, x_T(), seq, ALPHAS_CUMPROD, eps_fn_args=(0.5,)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run(x_T(), 0.5), sample(toy_eps, x_T(), seq, ALPHAS_CUMPROD, eps_fn_args=(0.5,)),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_encode_inverts_sample_for_a_linear_model_in_the_many_step_limit():
@@ -220,7 +220,8 @@ def test_sample_matches_diffusers_ddim_scheduler(eta, clip, rederive):
     for i, t in enumerate(scheduler.timesteps):
         eps = torch.tanh(0.5 * x + t.double() / T) * 0.9
         noise = torch.from_numpy(np.asarray(jax.random.normal(keys[i], SHAPE), np.float64))
-        x = scheduler.step(eps, t, x, eta=eta, use_clipped_model_output=clip and rederive, variance_noise=noise).prev_sample
+        x = scheduler.step(eps, t, x, eta=eta, use_clipped_model_output=clip and rederive,
+                           variance_noise=noise).prev_sample
     ours = sample(toy_eps, 3 * x_T(), seq, ALPHAS_CUMPROD, eta, key if eta > 0 else None,
                   eps_fn_args=(0.5,), clip_x0=clip, rederive_eps=rederive)
     np.testing.assert_allclose(np.asarray(ours), x.numpy(), rtol=2e-4, atol=2e-4)

@@ -35,11 +35,42 @@ def test_quad_and_cosine_formulas():
     quad = make_betas("quad", 10, 1e-4, 2e-2)
     np.testing.assert_allclose(np.sqrt(quad), np.linspace(0.01, math.sqrt(0.02), 10), rtol=1e-12)
     cosine = make_betas("cosine", 1000)
-    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    def f(t):
+        return math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+
     for t in (0, 1, 500, 998):
         assert cosine[t] == pytest.approx(min(1 - f(t + 1) / f(t), 0.999), rel=1e-10)
     assert cosine[-1] == pytest.approx(0.999)
-    np.testing.assert_allclose(make_betas("jsd", 4), [1 / 4, 1 / 3, 1 / 2, 1.0])
+    np.testing.assert_allclose(make_betas("jsd", 4), [1 / 4, 1 / 3, 1 / 2, 0.999])
+
+
+@pytest.mark.parametrize("kind", ["trailing", "linspace"])
+def test_jsd_schedule_gives_finite_samples_through_the_last_timestep(kind):
+    """The authors' jsd betas end in 1, so alphas_cumprod[T-1] = 0 and x0_hat at T-1 is NaN."""
+    from ddim_jax import sample
+
+    alphas_cumprod = alphas_cumprod_from_betas(make_betas("jsd", 50))
+    assert float(alphas_cumprod[-1]) > 0
+    seq = timestep_sequence(10, 50, kind)
+    assert seq[0] == 49
+    x0 = sample(lambda x, t: 0.1 * x, np.ones((2, 3), np.float32), seq, alphas_cumprod)
+    assert np.all(np.isfinite(np.asarray(x0)))
+    with pytest.raises(ValueError, match=r"every beta must lie in \(0, 1\)"):
+        alphas_cumprod_from_betas([0.5, 1.0])
+
+
+def test_quad_is_the_authors_arithmetic_wherever_theirs_has_no_repeats():
+    """Theirs: int(linspace(0, sqrt(0.8 T), S) ** 2). S = 6 gives 288 there (exactly 0.8 * 1000 * (2/5)^2)."""
+    assert 288 in timestep_sequence(6, 1000, "quad")
+    compared = 0
+    for num_steps in range(2, 201):
+        authors = (np.linspace(0, np.sqrt(1000 * 0.8), num_steps) ** 2).astype(int)
+        if len(set(authors)) < num_steps:
+            continue   # theirs repeats steps here; ours pushes the repeats up to distinct steps
+        np.testing.assert_array_equal(timestep_sequence(num_steps, 1000, "quad")[::-1], authors, err_msg=num_steps)
+        compared += 1
+    assert compared >= 25  # S = 2..28 and a few more
 
 
 @pytest.mark.parametrize("num_timesteps", [1, 7, 50, 1000])

@@ -1,5 +1,6 @@
 """Configs, validation, the training loss, non-finite handling, images, and train.py's errors."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -12,32 +13,35 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddim_jax import checkpointing, config_utils, images, train_lib
+import configs  # noqa: F401  (the package; modules are imported by name below)
+import configs.celeba64
+import configs.cifar10
+import configs.tiny
+from ddim_jax import checkpointing, config_utils, images, train_lib, train_state
 from ddim_jax.config_utils import ConfigError, validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = ("cifar10", "celeba64", "mnist", "digits", "tiny")
 
 
-def load_config(name):
-    return config_utils.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 # ----------------------------------------------------------------------------- configs
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_every_config_file_validates(name):
-    validate_config(load_config(name))
+    validate_config(importlib.import_module(f"configs.{name}").get_config())
 
 
 def test_cifar10_config_is_the_papers_recipe():
-    config = load_config("cifar10")
+    config = configs.cifar10.get_config()
     assert (config.model.ch, tuple(config.model.ch_mult), config.model.num_res_blocks) == (128, (1, 2, 2, 2), 2)
     assert tuple(config.model.attn_resolutions) == (16,) and config.model.dropout == 0.1
     assert (config.optim.learning_rate, config.optim.grad_clip_norm, config.optim.warmup_steps) == (2e-4, 1.0, 5000)
     assert (config.training.batch_size, config.training.ema_decay) == (128, 0.9999)
     assert config.data.random_flip and config.diffusion.beta_schedule == "linear"
-    assert (config.diffusion.beta_start, config.diffusion.beta_end, config.diffusion.num_timesteps) == (1e-4, 0.02, 1000)
+    diffusion = config.diffusion
+    assert (diffusion.beta_start, diffusion.beta_end, diffusion.num_timesteps) == (1e-4, 0.02, 1000)
 
 
 @pytest.mark.parametrize("section, key, value, match", [
@@ -83,7 +87,7 @@ def test_missing_and_unknown_keys_fail_loudly():
 
 
 def test_config_json_round_trip_keeps_tuples():
-    config = load_config("celeba64")
+    config = configs.celeba64.get_config()
     restored = config_utils.config_from_json(config_utils.config_to_json(config))
     assert restored.model.ch_mult == (1, 2, 2, 2, 4) and restored.data.crop == (57, 25, 128, 128)
     assert restored.data.data_dir is None
@@ -127,19 +131,55 @@ def test_l_simple_is_the_mean_squared_noise_error_of_eq4():
     x0 = jax.random.uniform(jax.random.PRNGKey(1), (64, 4, 4, 1), minval=-1, maxval=1)
     key = jax.random.PRNGKey(2)
 
-    def oracle(params, x_t, t, dropout_key):
+    def oracle(x_t, t, params, dropout_key):
         a = alphas_cumprod[t][:, None, None, None]
         return (x_t - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
 
     assert float(train_lib.l_simple_loss(None, oracle, x0, key, alphas_cumprod)) < 1e-10
-    zero_loss = float(train_lib.l_simple_loss(None, lambda p, x, t, k: jnp.zeros_like(x), x0, key, alphas_cumprod))
+    zero_loss = float(train_lib.l_simple_loss(None, lambda x, t, p, k: jnp.zeros_like(x), x0, key, alphas_cumprod))
     assert 0.85 < zero_loss < 1.15  # E[eps^2] = 1 over 1,024 draws
 
 
+def test_l_simple_draws_every_training_timestep_uniformly():
+    """t ~ U{0..T-1}: t = 0 included (a draw from 1..T-1 would never train the last denoising step)."""
+    num_timesteps, batch = 5, 20_000
+    alphas_cumprod = jnp.linspace(0.99, 0.5, num_timesteps)
+    seen = []
+
+    def recording_model(x_t, t, params, dropout_key):
+        seen.append(np.asarray(t))
+        return jnp.zeros_like(x_t)
+
+    train_lib.l_simple_loss(None, recording_model, jnp.zeros((batch, 1, 1, 1)), jax.random.PRNGKey(0), alphas_cumprod)
+    counts = np.bincount(np.concatenate(seen), minlength=num_timesteps)
+    assert counts.size == num_timesteps and counts.sum() == batch
+    expected = batch / num_timesteps
+    chi_square = float(np.sum((counts - expected) ** 2 / expected))
+    assert chi_square < 18.5, counts  # the 99.9% quantile of chi-square with 4 degrees of freedom
+
+
+def test_ema_update_matches_a_hand_computation_inside_the_train_step():
+    """ema' = decay * ema + (1 - decay) * new_params, checked on a real train step."""
+    config = configs.tiny.get_config()
+    config.training.ema_decay = 0.75
+    config.optim.warmup_steps = 0  # a non-zero first step, so params move
+    state = train_state.create_train_state(config)
+    shifted = jax.tree.map(lambda leaf: leaf + 1.0, state.params)   # make ema and params differ
+    state = state.replace(ema_params=shifted)
+    batch = jax.random.uniform(jax.random.PRNGKey(3), (8, 8, 8, 1), minval=-1, maxval=1)
+    new_state, _ = jax.jit(train_lib.make_train_step(config))(state, batch)
+    for ema, old_ema, new in zip(jax.tree.leaves(new_state.ema_params), jax.tree.leaves(shifted),
+                                 jax.tree.leaves(new_state.params), strict=True):
+        np.testing.assert_allclose(ema, 0.75 * np.asarray(old_ema) + 0.25 * np.asarray(new), rtol=1e-6, atol=1e-6)
+    assert int(new_state.step) == 1
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(new_state.params),
+                                                     jax.tree.leaves(state.params), strict=True))
+
+
 def test_warmup_schedule_is_linear_then_constant():
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     config.optim.warmup_steps = 4
-    schedule = train_lib.learning_rate_schedule(config)
+    schedule = train_state.learning_rate_schedule(config)
     np.testing.assert_allclose([float(schedule(s)) for s in (0, 2, 4, 100)], [0.0, 1.5e-3, 3e-3, 3e-3], rtol=1e-6)
 
 
@@ -149,7 +189,7 @@ def _read_metrics(workdir):
 
 
 def test_loss_decreases_on_tiny_digits_and_the_run_leaves_its_artifacts(tmp_path):
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     config.training.num_train_steps = 40
     config.training.log_every_steps = 8
     config.training.checkpoint_every_steps = 20
@@ -168,7 +208,7 @@ def test_loss_decreases_on_tiny_digits_and_the_run_leaves_its_artifacts(tmp_path
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     config.training.num_train_steps = 4
     train_lib.train_and_evaluate(config, str(tmp_path))
     _, good_params, step = checkpointing.load_for_sampling(str(tmp_path), use_ema=False)
@@ -176,7 +216,8 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
 
     config.training.num_train_steps = 10
     nan_batches = iter([np.full((8, 8, 8, 1), np.nan, np.float32)] * 10)
-    with pytest.raises(train_lib.NonFiniteLossError, match=r"at step 4: training stopped; the last good checkpoint \(step 4\)"):
+    message = r"at step 4: training stopped; the last good checkpoint \(step 4\)"
+    with pytest.raises(train_lib.NonFiniteLossError, match=message):
         train_lib.train_and_evaluate(config, str(tmp_path), batches=nan_batches)
     _, params, step = checkpointing.load_for_sampling(str(tmp_path), use_ema=False)
     assert step == 4
@@ -186,7 +227,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
 
 
 def test_resuming_with_a_different_model_is_refused(tmp_path):
-    config = load_config("tiny")
+    config = configs.tiny.get_config()
     config.training.num_train_steps = 0
     checkpointing.export_workdir(str(tmp_path), config, _tiny_params(config))
     config.model.ch = 16
@@ -195,7 +236,7 @@ def test_resuming_with_a_different_model_is_refused(tmp_path):
 
 
 def _tiny_params(config):
-    shapes = jax.eval_shape(lambda: train_lib.create_train_state(config).params)
+    shapes = jax.eval_shape(lambda: train_state.create_train_state(config).params)
     return jax.tree.map(lambda s: np.full(s.shape, 0.01, s.dtype), shapes)
 
 

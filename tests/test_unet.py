@@ -191,7 +191,7 @@ def test_bad_inputs_raise_clear_value_error(tiny, shape, t, match):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(num_groups=3), "num_groups=3 must divide"),
+        (dict(num_groups=3), "num_groups: 3 groups do not divide 8 channels"),
         (dict(num_res_blocks=0), "num_res_blocks"),
         (dict(dropout=1.0), "dropout"),
         (dict(ch_mult=()), "ch_mult"),

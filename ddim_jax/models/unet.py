@@ -24,7 +24,8 @@ so that :mod:`ddim_jax.pretrained` maps published weights one to one.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -355,28 +356,45 @@ class UNet(nn.Module):
         return _conv3x3(self.out_ch, "conv_out", scale=_NEAR_ZERO_SCALE)(h)
 
 
+class UNetConfigError(ValueError):
+    """A UNet hyperparameter is out of range; ``field`` names it (a ``UNet`` attribute)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"UNet {field}: {message}")
+        self.field = field
+        self.detail = message
+
+
 def _validate_hparams(model: UNet) -> None:
+    """The one place the UNet's hyperparameters are checked (run configs report these as
+    ``config.model.<field>``)."""
     ch_mult = tuple(model.ch_mult)
-    if model.ch < 1 or not ch_mult or any(int(m) != m or m < 1 for m in ch_mult):
-        raise ValueError(f"UNet needs ch >= 1 and positive integer ch_mult, got ch={model.ch}, ch_mult={ch_mult}")
+    if model.ch < 1:
+        raise UNetConfigError("ch", f"must be positive, got {model.ch}")
+    if not ch_mult or any(int(m) != m or m < 1 for m in ch_mult):
+        raise UNetConfigError("ch_mult", f"needs one or more positive integer multipliers, got {ch_mult}")
     if model.num_res_blocks < 1:
-        raise ValueError(f"UNet num_res_blocks must be >= 1, got {model.num_res_blocks}")
+        raise UNetConfigError("num_res_blocks", f"must be >= 1, got {model.num_res_blocks}")
     if not 0.0 <= model.dropout < 1.0:
-        raise ValueError(f"UNet dropout must be in [0, 1), got {model.dropout}")
+        raise UNetConfigError("dropout", f"must be in [0, 1), got {model.dropout}")
     if model.out_ch < 1:
-        raise ValueError(f"UNet out_ch must be >= 1, got {model.out_ch}")
+        raise UNetConfigError("out_ch", f"must be >= 1, got {model.out_ch}")
     if model.num_groups < 1:
-        raise ValueError(f"UNet num_groups must be >= 1, got {model.num_groups}")
-    for channels in sorted({model.ch * m for m in ch_mult}):
+        raise UNetConfigError("num_groups", f"must be >= 1, got {model.num_groups}")
+    if not model.norm_eps > 0:
+        raise UNetConfigError("norm_eps", f"must be positive, got {model.norm_eps}")
+    for mult in ch_mult:
+        channels = model.ch * mult
         if channels % model.num_groups:
-            raise ValueError(
-                f"UNet num_groups={model.num_groups} must divide every level's channels; {channels} "
-                f"(ch={model.ch} x ch_mult) is not divisible"
-            )
+            raise UNetConfigError("num_groups", f"{model.num_groups} groups do not divide {channels} channels "
+                                                f"(ch * {mult})")
         if model.attn_head_dim is not None and channels % model.attn_head_dim:
-            raise ValueError(f"UNet attn_head_dim={model.attn_head_dim} does not divide {channels} channels")
+            raise UNetConfigError("attn_head_dim", f"attn_head_dim={model.attn_head_dim} does not divide "
+                                                   f"{channels} channels")
+    if model.attn_head_dim is not None and model.attn_head_dim < 1:
+        raise UNetConfigError("attn_head_dim", f"must be positive or None, got {model.attn_head_dim}")
     if model.downsample_padding not in (0, 1):
-        raise ValueError(f"UNet downsample_padding must be 0 or 1, got {model.downsample_padding}")
+        raise UNetConfigError("downsample_padding", f"must be 0 or 1, got {model.downsample_padding}")
 
 
 def _validate_inputs(x: jax.Array, t: jax.Array, num_levels: int) -> None:
@@ -396,24 +414,11 @@ def _validate_inputs(x: jax.Array, t: jax.Array, num_levels: int) -> None:
 
 
 def create_model(config: Any) -> UNet:
-    """Build the UNet of a run config: reads ``config.model.*`` and ``config.data.channels``.
+    """The UNet of a run config: ``UNet(**config.model, out_ch=config.data.channels)``.
 
-    Optional ``config.model`` keys ``flip_sin_to_cos``, ``freq_shift``, ``downsample_padding`` and
-    ``attn_head_dim`` (set by converted checkpoints) default to DDPM's choices.
+    ``config.model`` holds exactly the UNet's hyperparameters (every field but ``out_ch``, which is
+    the data's channel count), so they are checked in one place: :func:`_validate_hparams`.
     """
-    model_cfg = config.model
-    return UNet(
-        ch=int(model_cfg.ch),
-        ch_mult=tuple(int(m) for m in model_cfg.ch_mult),
-        num_res_blocks=int(model_cfg.num_res_blocks),
-        attn_resolutions=tuple(int(r) for r in model_cfg.attn_resolutions),
-        dropout=float(model_cfg.dropout),
-        resamp_with_conv=bool(model_cfg.resamp_with_conv),
-        out_ch=int(config.data.channels),
-        num_groups=int(model_cfg.num_groups),
-        norm_eps=float(model_cfg.norm_eps),
-        flip_sin_to_cos=bool(model_cfg.get("flip_sin_to_cos", False)),
-        freq_shift=float(model_cfg.get("freq_shift", 1.0)),
-        downsample_padding=int(model_cfg.get("downsample_padding", 0)),
-        attn_head_dim=model_cfg.get("attn_head_dim", None),
-    )
+    hparams = {key: (tuple(value) if isinstance(value, list) else value)
+               for key, value in config.model.items()}
+    return UNet(**hparams, out_ch=int(config.data.channels))

@@ -1,0 +1,108 @@
+"""Loading a noise network to sample from: a training run's checkpoint or a diffusers checkpoint.
+
+Both give a :class:`LoadedModel`: the Flax UNet, its params, ``alphas_cumprod``, the image shape,
+the prediction type, and the sampling defaults that came with it (a run's ``config.sampling``, or
+the clipping convention of a diffusers scheduler).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from ddim_jax import pretrained
+from ddim_jax.checkpointing import CheckpointError, load_for_sampling
+from ddim_jax.config_utils import ConfigError
+from ddim_jax.models import create_model
+from ddim_jax.sample_spec import SampleError
+from ddim_jax.schedules import alphas_cumprod_from_betas, make_alphas_cumprod
+from ddim_jax.train_state import image_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A noise-prediction network ready to sample.
+
+    Attributes:
+      model: the Flax UNet (``model.apply({"params": params}, x, t)``).
+      params: its parameters (a pytree).
+      alphas_cumprod: float32 [T], the paper's alpha_t.
+      image_shape: (H, W, C).
+      prediction_type: what the network predicts ("eps", ...).
+      description: where it came from, for messages and the shard metadata.
+      config: the run's ConfigDict (None for a pretrained checkpoint without one).
+      defaults: sampling defaults from the run's config (``num_steps``, ``eta``, ``skip``,
+        ``clip_x0``, ``batch_size``, ``num_samples``); a pretrained checkpoint has only ``clip_x0``.
+      rederive_eps: with clipping, re-derive eps from the clipped x0 (our runs) or keep the
+        model's eps (pretrained diffusers checkpoints: what their DDIMScheduler does).
+    """
+
+    model: Any
+    params: Any
+    alphas_cumprod: jax.Array
+    image_shape: tuple[int, int, int]
+    prediction_type: str = "eps"
+    description: str = ""
+    config: Any = None
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    rederive_eps: bool = True
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+
+def load_run(workdir: str, use_ema: bool = True) -> LoadedModel:
+    """The latest good checkpoint of a training run (EMA params by default) and its config."""
+    if not workdir:
+        raise SampleError("--workdir is empty")
+    if not os.path.isdir(workdir):
+        raise SampleError(f"workdir {workdir!r} does not exist (train one with train.py first)")
+    try:
+        config, params, step = load_for_sampling(os.path.abspath(workdir), use_ema=use_ema)
+    except CheckpointError as error:
+        raise SampleError(f"cannot load a checkpoint from {workdir!r}: {error}") from error
+    sampling = config.sampling
+    return LoadedModel(
+        model=create_model(config),
+        params=params,
+        alphas_cumprod=make_alphas_cumprod(config.diffusion),
+        image_shape=image_shape(config),
+        prediction_type=str(config.diffusion.prediction_type),
+        description=f"{os.path.abspath(workdir)} step {step} ({'EMA' if use_ema else 'raw'} params)",
+        config=config,
+        defaults={key: sampling[key] for key in
+                  ("num_steps", "eta", "skip", "clip_x0", "batch_size", "num_samples")},
+        rederive_eps=bool(sampling.rederive_eps),
+    )
+
+
+def load_pretrained(name_or_path: str, with_run_config: bool = False) -> LoadedModel:
+    """A diffusers-format ``UNet2DModel`` checkpoint (local directory or hub id) and its scheduler.
+
+    The checkpoint's scheduler config sets the betas, T, the prediction type and the default for
+    clipping x0. ``with_run_config`` also builds a run config (for ``reconstruct``: its dataset).
+    """
+    try:
+        local_dir = pretrained.resolve_pretrained(name_or_path)
+        model, variables = pretrained.load_diffusers_unet(local_dir)
+        schedule = pretrained.load_diffusers_schedule(local_dir)
+        size, channels = pretrained.image_shape(local_dir)
+        config = pretrained.pretrained_run_config(local_dir) if with_run_config else None
+    except (pretrained.PretrainedError, ConfigError) as error:
+        raise SampleError(f"cannot load pretrained model {name_or_path!r}: {error}") from error
+    return LoadedModel(
+        model=model,
+        params=variables["params"],
+        alphas_cumprod=alphas_cumprod_from_betas(schedule["betas"]),
+        image_shape=(int(size), int(size), int(channels)),
+        prediction_type=str(schedule["prediction_type"]),
+        description=f"pretrained {name_or_path}",
+        config=config,
+        defaults={"clip_x0": bool(schedule["clip_sample"])},
+        rederive_eps=False,
+    )
