@@ -203,16 +203,18 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int = 0, pro
                   process_count: int = 1) -> Iterator[np.ndarray]:
     """Iterates this process's training batches (float32 [B / P, H, W, C]) from ``start_step`` on.
 
-    Reads in background threads, or in ``config.data.num_workers`` grain worker processes (the
-    entry point then needs a ``__main__`` guard and parsed absl flags).
+    Reads in background threads, or in ``config.data.num_workers`` grain worker processes. grain's
+    workers read absl flags, so with workers the program must have parsed them (``train.py`` runs
+    under ``absl.app``; a notebook or script calls ``absl.flags.FLAGS.mark_as_parsed()`` itself) and
+    guard its entry point with ``if __name__ == "__main__"``.
     """
     dataset = train_dataset(config, start_step=start_step, process_index=process_index,
                             process_count=process_count)
     iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=8))
     if config.data.num_workers > 0:
-        # grain's workers read absl flags; outside an absl app (a notebook, a test) none were parsed.
         if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
+            raise ValueError("config.data.num_workers > 0 needs parsed absl flags (grain's workers read them): run "
+                             "under absl.app, or call absl.flags.FLAGS.mark_as_parsed() first")
         iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
     return iter(iter_dataset)
 

@@ -36,7 +36,8 @@ class LoadedModel:
       description: where it came from, for messages and the shard metadata.
       config: the run's ConfigDict (None for a pretrained checkpoint without one).
       defaults: sampling defaults from the run's config (``num_steps``, ``eta``, ``skip``,
-        ``clip_x0``, ``batch_size``, ``num_samples``); a pretrained checkpoint has only ``clip_x0``.
+        ``clip_x0``, ``batch_size``, ``num_samples``); a pretrained checkpoint has ``clip_x0`` and,
+        when its scheduler names a ``timestep_spacing``, ``skip``.
       rederive_eps: with clipping, re-derive eps from the clipped x0 (our runs) or keep the
         model's eps (pretrained diffusers checkpoints: what their DDIMScheduler does).
     """
@@ -103,6 +104,7 @@ def load_pretrained(name_or_path: str, with_run_config: bool = False) -> LoadedM
         prediction_type=str(schedule["prediction_type"]),
         description=f"pretrained {name_or_path}",
         config=config,
-        defaults={"clip_x0": bool(schedule["clip_sample"])},
+        defaults={"clip_x0": bool(schedule["clip_sample"]),
+                  **({} if schedule["skip"] is None else {"skip": schedule["skip"]})},
         rederive_eps=False,
     )

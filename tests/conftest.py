@@ -19,3 +19,10 @@ def subprocess_env(tmp_path_factory):
                     **extra)
 
     return make
+
+
+def pytest_configure(config):
+    # diffusers imports torchvision whenever it is installed; make that import work on the CPU torch.
+    from benchmarks.torch_compat import import_torchvision
+
+    import_torchvision()

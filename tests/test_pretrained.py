@@ -175,6 +175,26 @@ def test_schedule_defaults_and_bad_options(tmp_path):
         load_diffusers_schedule(tmp_path)
 
 
+@pytest.mark.parametrize("key, value", [("clip_sample_range", 2.0), ("thresholding", True),
+                                        ("set_alpha_to_one", False), ("steps_offset", 1)])
+def test_scheduler_options_that_change_the_result_are_refused_by_name(tmp_path, key, value):
+    (tmp_path / "scheduler_config.json").write_text(json.dumps({key: value}))
+    with pytest.raises(PretrainedError, match=rf"unsupported scheduler option {key}="):
+        load_diffusers_schedule(tmp_path)
+    default = {"clip_sample_range": 1.0, "thresholding": False, "set_alpha_to_one": True, "steps_offset": 0}[key]
+    (tmp_path / "scheduler_config.json").write_text(json.dumps({key: default}))
+    load_diffusers_schedule(tmp_path)   # the default value is what this sampler does: accepted
+
+
+def test_scheduler_timestep_spacing_becomes_the_sampling_default(tmp_path):
+    assert load_diffusers_schedule(tmp_path)["skip"] is None
+    (tmp_path / "scheduler_config.json").write_text(json.dumps({"timestep_spacing": "trailing"}))
+    assert load_diffusers_schedule(tmp_path)["skip"] == "trailing"
+    (tmp_path / "scheduler_config.json").write_text(json.dumps({"timestep_spacing": "karras"}))
+    with pytest.raises(PretrainedError, match="timestep_spacing='karras'"):
+        load_diffusers_schedule(tmp_path)
+
+
 def test_pipeline_layout_and_legacy_attention_names(tmp_path, small):
     """A pipeline dir (unet/ + scheduler/) with pre-0.15 attention names loads to the same outputs."""
     torch_model, directory = small

@@ -7,6 +7,7 @@ module. Most tests call
 check exit codes, one-line messages and the dashed flag spellings.
 """
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from PIL import Image
 import configs.tiny
 import sample as sample_cli
 from ddim_jax import batching, images, loading, sample_lib, sample_modes, sample_spec, shards
-from ddim_jax.checkpointing import export_workdir
+from ddim_jax.checkpointing import export_workdir, load_for_sampling
 from ddim_jax.images import GRID_PADDING
 from ddim_jax.models import abstract_params, create_model
 
@@ -52,6 +53,28 @@ def workdir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tiny_run"))
     export_workdir(path, config, params)
     return path
+
+
+def test_the_runs_sampling_config_gives_the_defaults(workdir, tmp_path):
+    """Flags left out take config.sampling's num_steps, eta, skip, batch size and num_samples."""
+    config = _tiny_config()
+    config.sampling.num_steps, config.sampling.eta, config.sampling.skip = 3, 0.5, "trailing"
+    config.sampling.num_samples, config.sampling.batch_size = 5, 2
+    run_dir = str(tmp_path / "run")
+    _, params, _ = load_for_sampling(workdir)
+    export_workdir(run_dir, config, params)
+    loaded = loading.load_run(run_dir)
+    bare = sample_lib.SampleOptions(workdir=run_dir, progress=False)
+    assert sample_lib.resolve_spec(bare, loaded) == sample_spec.SamplerSpec(steps=3, eta=0.5, skip="trailing",
+                                                                            clip_x0=True)
+    assert sample_lib.resolve_num(bare, loaded) == 5
+    # Flags win; eta from the config applies to the samples mode only.
+    flags = dataclasses.replace(bare, steps=7, eta=0.0, num=2)
+    assert sample_lib.resolve_spec(flags, loaded).steps == 7 and sample_lib.resolve_spec(flags, loaded).eta == 0
+    assert sample_lib.resolve_num(flags, loaded) == 2
+    assert sample_lib.resolve_spec(dataclasses.replace(bare, mode="consistency"), loaded).eta == 0.0
+    images = sample_lib.run(dataclasses.replace(bare, out=str(tmp_path / "x.npz")))
+    assert images.shape == (5,) + IMAGE
 
 
 def _options(workdir, out=None, **overrides):
@@ -144,7 +167,7 @@ def test_short_last_batch_reuses_the_compiled_sampler(workdir, tmp_path):
 
 
 def test_samples_png_grid_and_large_num_npz(workdir, tmp_path, monkeypatch):
-    monkeypatch.setattr(sample_lib, "GRID_MAX_IMAGES", 4)
+    monkeypatch.setattr(sample_modes, "GRID_MAX_IMAGES", 4)
     out = tmp_path / "grid.png"
     images = sample_lib.run(_options(workdir, out, num=6))
     grid = np.asarray(Image.open(out))

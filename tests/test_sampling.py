@@ -124,6 +124,14 @@ def test_sample_is_jittable_and_vmappable_from_outside():
     run = jax.jit(lambda x, w: sample(toy_eps, x, seq, ALPHAS_CUMPROD, eps_fn_args=(w,)))
     np.testing.assert_allclose(run(x_T(), 0.5), sample(toy_eps, x_T(), seq, ALPHAS_CUMPROD, eps_fn_args=(0.5,)),
                                rtol=1e-5, atol=1e-6)
+    # vmap over a leading axis of batches and over one weight per batch: each slice equals its own call.
+    batches = jnp.stack([x_T(1), x_T(2)])
+    weights = jnp.asarray([0.3, 0.8])
+    mapped = jax.vmap(lambda x, w: sample(toy_eps, x, seq, ALPHAS_CUMPROD, eps_fn_args=(w,)))(batches, weights)
+    for i in range(2):
+        single = sample(toy_eps, batches[i], seq, ALPHAS_CUMPROD, eps_fn_args=(weights[i],))
+        np.testing.assert_allclose(mapped[i], single, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(mapped[0], mapped[1])
 
 
 def test_encode_inverts_sample_for_a_linear_model_in_the_many_step_limit():
