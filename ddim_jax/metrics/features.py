@@ -158,8 +158,8 @@ def inception_outputs(images_uint8: np.ndarray | ImageSequence, inception: Incep
             if shape is not None and chunk.shape[1:] != shape:
                 raise ValueError(f"images_uint8 mixes image sizes: {shape} and {chunk.shape[1:]}")
             shape = chunk.shape[1:]
-            if resize == "clean-fid":
-                chunk = _clean_fid_resize(chunk)
+            # float32 [0, 255] on the host: both modes share one compiled function per image size
+            chunk = _clean_fid_resize(chunk) if resize == "clean-fid" else chunk.astype(np.float32)
             count = len(chunk)
             if count < batch:
                 chunk = np.concatenate([chunk, np.zeros((batch - count,) + chunk.shape[1:], chunk.dtype)])

@@ -25,6 +25,7 @@ NeurIPS 2017; https://github.com/mseitzer/pytorch-fid (``pytorch_fid/inception.p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -231,6 +232,7 @@ class Inception:
         return np.asarray(self.variables["params"]["fc"]["kernel"])
 
 
+@functools.lru_cache(maxsize=1)
 def _expected_shapes() -> dict[str, tuple[int, ...]]:
     """Torchvision state-dict name -> PyTorch shape, derived from the Flax module's variables."""
     shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), jnp.zeros((1, 75, 75, 3), jnp.float32))
