@@ -118,27 +118,30 @@ def _shift(images: jax.Array, key: jax.Array) -> jax.Array:
     return jax.vmap(lambda img, off: jax.lax.dynamic_slice(img, (off[0], off[1], 0), (8, 8, 1)))(padded, offsets)
 
 
+_OPTIMIZER = optax.adam(1e-3)
+
+
+@jax.jit
+def _train_step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> tuple[Any, Any]:
+    """One Adam step on a batch x [B, 8, 8, 1] in [-1, 1], y [B], with random +-1 px shifts from ``key``."""
+
+    def loss_fn(p):
+        logits, _ = DigitsClassifier().apply({"params": p}, _shift(x, key))
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = _OPTIMIZER.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
 def train_digits_classifier(epochs: int = _EPOCHS, seed: int = _SEED) -> tuple[dict[str, Any], float]:
     """Trains the classifier on the first 1,347 digits; returns (params, held-out accuracy on the last 450)."""
     images, labels = digits_dataset()
     x_train, y_train = _scale(images[:NUM_TRAIN]), jnp.asarray(labels[:NUM_TRAIN])
-    model = DigitsClassifier()
     key = jax.random.key(seed)
     key, init_key = jax.random.split(key)
-    params = model.init(init_key, x_train[:1])["params"]
-    optimizer = optax.adam(1e-3)
-    opt_state = optimizer.init(params)
-
-    @jax.jit
-    def step(params, opt_state, x, y, key):
-        def loss_fn(p):
-            logits, _ = model.apply({"params": p}, _shift(x, key))
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        grads = jax.grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
+    params = DigitsClassifier().init(init_key, x_train[:1])["params"]
+    opt_state = _OPTIMIZER.init(params)
     steps_per_epoch = NUM_TRAIN // _BATCH  # the remainder of each permutation is skipped
     for _ in range(epochs):
         key, perm_key = jax.random.split(key)
@@ -146,7 +149,7 @@ def train_digits_classifier(epochs: int = _EPOCHS, seed: int = _SEED) -> tuple[d
         for i in range(steps_per_epoch):
             idx = perm[i * _BATCH:(i + 1) * _BATCH]
             key, aug_key = jax.random.split(key)
-            params, opt_state = step(params, opt_state, x_train[idx], y_train[idx], aug_key)
+            params, opt_state = _train_step(params, opt_state, x_train[idx], y_train[idx], aug_key)
     params = jax.tree_util.tree_map(np.asarray, params)
     logits, _ = digits_logits_and_features(images[NUM_TRAIN:], params)
     accuracy = float(np.mean(np.argmax(logits, axis=1) == labels[NUM_TRAIN:]))
