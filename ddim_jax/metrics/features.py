@@ -31,7 +31,7 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
-from ddim_jax.metrics.inception import INCEPTION_SIZE, Inception
+from ddim_jax.metrics.inception import FEATURE_DIM, INCEPTION_SIZE, NUM_LOGITS, Inception
 
 __all__ = ["RESIZE_MODES", "InceptionOutputs", "inception_outputs", "inception_features", "preprocess_for_inception"]
 
@@ -135,7 +135,7 @@ def inception_outputs(images_uint8: np.ndarray | ImageSequence, inception: Incep
       :class:`InceptionOutputs` of float32 host arrays, ``features`` [N, 2048] and ``logits`` [N, 1008].
     """
     _check_resize(resize)
-    if isinstance(images_uint8, np.ndarray) or not hasattr(images_uint8, "__getitem__"):
+    if isinstance(images_uint8, (np.ndarray, jax.Array)) or not hasattr(images_uint8, "__getitem__"):
         images_uint8 = np.asarray(images_uint8)
         _check_batch(images_uint8[:1] if images_uint8.ndim == 4 else images_uint8)
     if int(batch_size) < 1:
@@ -148,8 +148,8 @@ def inception_outputs(images_uint8: np.ndarray | ImageSequence, inception: Incep
     batch = min(batch, -(-num // len(devices)) * len(devices))  # no padding beyond what N needs
     forward, batch_sharding, replicated = _compiled_forward(inception.module, devices)
     variables = jax.device_put(inception.variables, replicated)
-    features = np.empty((num, 2048), np.float32)
-    logits = np.empty((num, 1008), np.float32)
+    features = np.empty((num, FEATURE_DIM), np.float32)
+    logits = np.empty((num, NUM_LOGITS), np.float32)
     shape = None
     start = 0
     with tqdm.tqdm(total=num, desc="inception", unit="img", disable=not progress, dynamic_ncols=True) as bar:

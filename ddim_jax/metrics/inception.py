@@ -220,8 +220,8 @@ class FIDInceptionV3(nn.Module):
 class Inception:
     """A loaded FID Inception: the Flax module and its variables (``params``, ``batch_stats``).
 
-    ``fc_kernel`` / ``fc_bias`` ([2048, 1008] / [1008]) are kept on the host as well, for the
-    unbiased logits the original Inception Score code uses (see ``ddim_jax.metrics.scores``).
+    ``fc_kernel`` ([2048, 1008], the ``fc`` weight transposed) gives the unbiased logits the original
+    Inception Score code uses (see ``ddim_jax.metrics.scores.unbiased_logits``).
     """
 
     module: FIDInceptionV3
