@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.torch_compat import import_torchvision
+from benchmarks.torch_reference import import_torchvision
 from ddim_jax import alphas_cumprod_from_betas, load_diffusers_schedule, load_diffusers_unet, sample, timestep_sequence
 from ddim_jax.models import eps_fn_for
 from ddim_jax.pretrained import DDPM_CIFAR10_LAYOUT as CIFAR10_LAYOUT

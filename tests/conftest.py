@@ -23,6 +23,6 @@ def subprocess_env(tmp_path_factory):
 
 def pytest_configure(config):
     # diffusers imports torchvision whenever it is installed; make that import work on the CPU torch.
-    from benchmarks.torch_compat import import_torchvision
+    from benchmarks.torch_reference import import_torchvision
 
     import_torchvision()
