@@ -15,6 +15,8 @@ from ddim_jax.schedules import (
     timestep_sequence,
     BETA_SCHEDULES,
     SPACINGS,
+    SCHEDULE_SPACINGS,
+    log_snr,
 )
 from ddim_jax.diffusion import (
     forward_marginal,
