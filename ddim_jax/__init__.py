@@ -28,16 +28,21 @@ from ddim_jax.pretrained import load_diffusers_schedule, load_diffusers_unet
 from ddim_jax.sampling import encode, sample, slerp
 from ddim_jax.schedules import (
     BETA_SCHEDULES,
+    SCHEDULE_SPACINGS,
     SPACINGS,
     alphas_cumprod_from_betas,
+    log_snr,
     make_alphas_cumprod,
     make_betas,
     timestep_sequence,
 )
+from ddim_jax.solvers import SOLVERS
 
 __all__ = [
     "BETA_SCHEDULES",
     "PREDICTION_TYPES",
+    "SCHEDULE_SPACINGS",
+    "SOLVERS",
     "SPACINGS",
     "UNet",
     "alphas_cumprod_from_betas",
@@ -48,6 +53,7 @@ __all__ = [
     "eps_from_prediction",
     "forward_marginal",
     "generalized_step",
+    "log_snr",
     "load_diffusers_schedule",
     "load_diffusers_unet",
     "make_alphas_cumprod",

@@ -21,6 +21,11 @@ BETA_SCHEDULES = ("linear", "quad", "cosine", "const", "jsd", "sigmoid")
 SPACINGS = ("uniform", "quad", "leading", "trailing", "linspace")
 # The largest beta a schedule may reach: beta = 1 would make alphas_cumprod 0 from there on.
 _MAX_BETA = 0.999
+# Spacings that depend on the noise schedule: ``timestep_sequence`` needs ``alphas_cumprod=`` for
+# them. They are kept out of SPACINGS because the callers that iterate SPACINGS (the config check
+# of ``sampling.skip``, sample.py's ``--skip``) call ``timestep_sequence`` without a schedule; the
+# CLI accepts them by passing ``alphas_cumprod=`` always (it is ignored by the other kinds).
+SCHEDULE_SPACINGS = ("logsnr",)
 
 
 def make_betas(
@@ -107,7 +112,19 @@ def _strictly_increasing_in_range(steps: np.ndarray, num_timesteps: int) -> np.n
     return steps
 
 
-def timestep_sequence(num_steps: int, num_timesteps: int = 1000, kind: str = "uniform") -> np.ndarray:
+def log_snr(alphas_cumprod) -> np.ndarray:
+    """``lambda_t = log(alpha_t / sigma_t) = 0.5 log(a_t / (1 - a_t))``, float64 ``[T]`` (host side).
+
+    ``a_t = 0`` (a schedule whose last beta is 1, e.g. ``"jsd"``) is clamped to 1e-20 so that
+    lambda stays finite (about -23).
+    """
+    alphas_cumprod = np.clip(np.asarray(alphas_cumprod, dtype=np.float64), 1e-20, None)
+    return 0.5 * (np.log(alphas_cumprod) - np.log1p(-alphas_cumprod))
+
+
+def timestep_sequence(
+    num_steps: int, num_timesteps: int = 1000, kind: str = "uniform", *, alphas_cumprod=None
+) -> np.ndarray:
     """The S timesteps a sampler visits, int32 ``[S]``, strictly descending, in ``[0, T-1]``.
 
     The generative process of the paper (section 4.2) runs on a sub-sequence tau of
@@ -123,11 +140,25 @@ def timestep_sequence(num_steps: int, num_timesteps: int = 1000, kind: str = "un
     - ``"leading"``: ``i * (T // S)`` (integer stride from 0).
     - ``"trailing"``: ``round(T - i * T / S) - 1``: ends at T-1.
     - ``"linspace"``: ``round(linspace(0, T-1, S))``: both ends included.
+    - ``"logsnr"``: uniform in log-SNR ``lambda_t = log(alpha_t / sigma_t)`` (the spacing
+      DPM-Solver recommends, Lu et al. 2022 arXiv 2206.00927 section 3.3): ``S`` targets
+      ``linspace(lambda_{T-1}, lambda_0, S)`` (both ends included; S = 1 gives ``[T-1]``), each
+      mapped to the real-valued t where the float64 lambda of ``alphas_cumprod`` takes it
+      (piecewise-linear interpolation) and rounded. Needs ``alphas_cumprod=`` (``[T]``).
 
     Every kind returns exactly S distinct steps for every 1 <= S <= T.
+
+    Args:
+      num_steps: S.
+      num_timesteps: T.
+      kind: one of ``SPACINGS`` or ``SCHEDULE_SPACINGS``.
+      alphas_cumprod: ``[T]``, required by the schedule-dependent kinds (``"logsnr"``) and
+        ignored by the others, so a caller can always pass it.
     """
-    if kind not in SPACINGS:
-        raise ValueError(f"timestep_sequence: unknown spacing kind {kind!r}; expected one of {SPACINGS}")
+    if kind not in SPACINGS + SCHEDULE_SPACINGS:
+        raise ValueError(
+            f"timestep_sequence: unknown spacing kind {kind!r}; expected one of {SPACINGS + SCHEDULE_SPACINGS}"
+        )
     if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
         raise ValueError(f"timestep_sequence: num_timesteps must be a positive int, got {num_timesteps!r}")
     if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
@@ -137,6 +168,14 @@ def timestep_sequence(num_steps: int, num_timesteps: int = 1000, kind: str = "un
             f"timestep_sequence: num_steps must be in [1, num_timesteps={num_timesteps}], got {num_steps}"
         )
     num_steps, num_timesteps = int(num_steps), int(num_timesteps)
+    if kind in SCHEDULE_SPACINGS:
+        if alphas_cumprod is None:
+            raise ValueError(f"timestep_sequence: kind={kind!r} needs alphas_cumprod= (the schedule, [T])")
+        if np.shape(alphas_cumprod) != (num_timesteps,):
+            raise ValueError(
+                f"timestep_sequence: alphas_cumprod must have shape [T] = ({num_timesteps},), "
+                f"got {np.shape(alphas_cumprod)}"
+            )
     index = np.arange(num_steps, dtype=np.float64)
     if kind == "uniform":
         ascending = np.floor(index * num_timesteps / num_steps)
@@ -150,7 +189,12 @@ def timestep_sequence(num_steps: int, num_timesteps: int = 1000, kind: str = "un
     elif kind == "trailing":
         # floor(x + 0.5) rather than np.round: round-half-to-even can merge neighbours 1 apart.
         ascending = (np.floor(num_timesteps - index * num_timesteps / num_steps + 0.5) - 1)[::-1]
-    else:  # linspace
+    elif kind == "linspace":
         ascending = np.floor(np.linspace(0.0, num_timesteps - 1, num_steps) + 0.5)
+    else:  # logsnr
+        lam = log_snr(alphas_cumprod)  # decreasing in t
+        targets = np.linspace(lam[-1], lam[0], num_steps)  # ascending lambda = descending t
+        positions = np.interp(targets, lam[::-1], np.arange(num_timesteps - 1, -1, -1, dtype=np.float64))
+        ascending = np.floor(positions + 0.5)[::-1]
     ascending = _strictly_increasing_in_range(ascending, num_timesteps)
     return ascending[::-1].astype(np.int32).copy()

@@ -11,58 +11,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.linalg
+from mixture_oracle import (
+    ALPHAS_CUMPROD,
+    NUM_SAMPLES,
+    STDS,
+    WEIGHTS,
+    T,
+    draw_data,
+    exact_mean_and_covariance,
+    frechet_distance,
+    mixture_eps,
+    mode_of,
+    prior,
+)
 
-from ddim_jax import alphas_cumprod_from_betas, encode, make_betas, sample, timestep_sequence
-
-T = 1000
-ALPHAS_CUMPROD = alphas_cumprod_from_betas(make_betas("linear", T))
-WEIGHTS = np.array([0.5, 0.3, 0.2])
-MEANS = np.array([[-0.6, -0.4], [0.5, 0.5], [0.4, -0.6]])
-STDS = np.array([[0.10, 0.20], [0.15, 0.08], [0.07, 0.07]])
-NUM_SAMPLES = 4000
-
-
-def mixture_eps(x, t):
-    """The exact eps-prediction for the mixture. x [B, 2], t int [B]."""
-    weights, means, stds = (jnp.asarray(a, jnp.float32) for a in (WEIGHTS, MEANS, STDS))
-    alpha = ALPHAS_CUMPROD[t][:, None, None]
-    variance = alpha * stds[None] ** 2 + 1.0 - alpha  # [B, K, 2]
-    diff = x[:, None, :] - jnp.sqrt(alpha) * means[None]  # [B, K, 2]
-    log_component = jnp.log(weights)[None] - 0.5 * jnp.sum(diff**2 / variance + jnp.log(variance), -1)
-    responsibility = jax.nn.softmax(log_component, axis=-1)  # [B, K]
-    score = -jnp.sum(responsibility[..., None] * diff / variance, axis=1)
-    return -jnp.sqrt(1.0 - alpha[:, 0]) * score
-
-
-def draw_data(num, seed):
-    rng = np.random.default_rng(seed)
-    component = rng.choice(len(WEIGHTS), num, p=WEIGHTS)
-    return (MEANS[component] + STDS[component] * rng.standard_normal((num, 2))).astype(np.float32)
-
-
-def mode_of(x):
-    x = np.asarray(x, np.float64)
-    log_component = np.log(WEIGHTS) - 0.5 * np.sum((x[:, None] - MEANS) ** 2 / STDS**2 + np.log(STDS**2), -1)
-    return log_component.argmax(-1)
-
-
-def exact_mean_and_covariance():
-    mean = WEIGHTS @ MEANS
-    second_moment = sum(w * (np.diag(s**2) + np.outer(m, m)) for w, m, s in zip(WEIGHTS, MEANS, STDS))
-    return mean, second_moment - np.outer(mean, mean)
-
-
-def frechet_distance(x, mean, covariance):
-    """The FID formula between the samples' Gaussian fit and the data's exact moments."""
-    x = np.asarray(x, np.float64)
-    sample_covariance = np.cov(x.T)
-    root = scipy.linalg.sqrtm(sample_covariance @ covariance).real
-    return float(np.sum((x.mean(0) - mean) ** 2) + np.trace(sample_covariance + covariance - 2 * root))
-
-
-def prior(seed, num=NUM_SAMPLES):
-    return jax.random.normal(jax.random.PRNGKey(seed), (num, 2))
+from ddim_jax import encode, sample, timestep_sequence
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -110,7 +73,7 @@ def test_reconstruction_error_falls_as_S_grows():
         code = encode(mixture_eps, x0, seq, ALPHAS_CUMPROD)
         errors[num_steps] = float(jnp.mean((sample(mixture_eps, code, seq, ALPHAS_CUMPROD) - x0) ** 2))
     values = list(errors.values())
-    assert all(a > b for a, b in zip(values, values[1:])), errors
+    assert all(a > b for a, b in zip(values, values[1:], strict=False)), errors
     assert errors[10] < 0.03 and errors[500] < errors[10] / 20, errors
     # The code looks like a prior sample: zero mean, unit variance.
     code = np.asarray(encode(mixture_eps, x0, timestep_sequence(500, T), ALPHAS_CUMPROD))

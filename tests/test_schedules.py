@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from ddim_jax import SPACINGS, alphas_cumprod_from_betas, make_betas, timestep_sequence
+from ddim_jax import SCHEDULE_SPACINGS, SPACINGS, alphas_cumprod_from_betas, log_snr, make_betas, timestep_sequence
 
 
 def test_linear_schedule_matches_ddpm():
@@ -130,3 +130,39 @@ def test_leading_trailing_linspace_reference_values():
 def test_bad_arguments_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_logsnr_gives_exactly_S_distinct_steps_for_every_S_and_is_uniform_in_log_snr():
+    alphas_cumprod = alphas_cumprod_from_betas(make_betas("linear", 1000))
+    for num_steps in range(1, 1001):
+        seq = timestep_sequence(num_steps, 1000, "logsnr", alphas_cumprod=alphas_cumprod)
+        assert seq.dtype == np.int32 and seq.shape == (num_steps,), num_steps
+        assert np.all(np.diff(seq) < 0), (num_steps, seq)
+        assert seq.min() >= 0 and seq.max() <= 999, num_steps
+    lam = log_snr(alphas_cumprod)
+    np.testing.assert_allclose(lam, 0.5 * np.log(np.asarray(alphas_cumprod, np.float64) / (1 - np.asarray(
+        alphas_cumprod, np.float64))), rtol=1e-12)
+    seq = timestep_sequence(10, 1000, "logsnr", alphas_cumprod=alphas_cumprod)
+    assert seq[0] == 999 and seq[-1] == 0  # both ends of the schedule
+    steps = np.diff(lam[seq])
+    np.testing.assert_allclose(steps, (lam[0] - lam[-1]) / 9, rtol=0.05)  # uniform up to rounding t
+    # Not what the t-based kinds give: dense near t = 0, sparse near T - 1.
+    assert seq[1] < 900 and seq[-2] < 10
+    # Other schedules, including one whose last alpha is 0 (lambda = -inf is clamped).
+    for kind in ("cosine", "jsd", "quad"):
+        alphas_cumprod = alphas_cumprod_from_betas(make_betas(kind, 1000))
+        for num_steps in (1, 2, 10, 50, 999, 1000):
+            seq = timestep_sequence(num_steps, 1000, "logsnr", alphas_cumprod=alphas_cumprod)
+            assert seq.shape == (num_steps,) and np.all(np.diff(seq) < 0) and seq.min() >= 0, (kind, num_steps)
+
+
+def test_logsnr_needs_the_schedule_and_the_other_kinds_ignore_it():
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        timestep_sequence(10, 1000, "logsnr")
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        timestep_sequence(10, 1000, "logsnr", alphas_cumprod=np.ones(500) * 0.5)
+    alphas_cumprod = alphas_cumprod_from_betas(make_betas("linear", 1000))
+    for kind in SPACINGS:
+        np.testing.assert_array_equal(
+            timestep_sequence(10, 1000, kind, alphas_cumprod=alphas_cumprod), timestep_sequence(10, 1000, kind))
+    assert "logsnr" in SCHEDULE_SPACINGS and "logsnr" not in SPACINGS
