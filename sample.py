@@ -13,14 +13,14 @@ Flags left out take the run's `config.sampling` values (steps, eta, skip, clippi
 the number of images of the `samples` mode).
 """
 
-import re
 import sys
-from collections.abc import Iterable, Sequence
 
 from absl import app, flags, logging
 
-from ddim_jax import sample_lib
+from ddim_jax import distributed, sample_lib
+from ddim_jax.command_line import normalize_argv
 from ddim_jax.sample_spec import SKIP_KINDS, SampleError
+from ddim_jax.solvers import SOLVERS
 
 FLAGS = flags.FLAGS
 
@@ -46,32 +46,8 @@ flags.DEFINE_bool("clip", None, "Clip predicted x0 to [-1, 1] (default: the run'
 flags.DEFINE_list("step_counts", None,
                   "Step counts for reconstruct / consistency (default 10,20,50,100[,1000], clipped to T).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
-
-
-_NEGATED_BOOL = re.compile(r"^no[_-]")
-
-
-def normalize_argv(argv: Sequence[str], boolean_flags: Iterable[str] = ()) -> list[str]:
-    """Accept dashed flag spellings for absl, which only knows underscores.
-
-    ``--batch-size=8`` -> ``--batch_size=8``, ``--sigma-hat`` -> ``--sigma_hat`` and, for the
-    boolean flags named in ``boolean_flags``, ``--no-ema`` / ``--no_ema`` -> ``--noema``. Values,
-    positional arguments and everything after a bare ``--`` are left alone.
-    """
-    booleans = set(boolean_flags)
-    normalized = list(argv[:1])
-    passthrough = False
-    for arg in argv[1:]:
-        if passthrough or not arg.startswith("--") or arg == "--":
-            passthrough = passthrough or arg == "--"
-            normalized.append(arg)
-            continue
-        name, eq, value = arg[2:].partition("=")
-        name = name.replace("-", "_")
-        if _NEGATED_BOOL.match(name) and name[3:] in booleans:
-            name = "no" + name[3:]
-        normalized.append(f"--{name}{eq}{value}")
-    return normalized
+flags.DEFINE_string("solver", None, f"Sampler, one of {', '.join(SOLVERS)} (default: the run's config, else ddim).")
+distributed.define_flags()
 
 
 def _boolean_flag_names():
@@ -103,10 +79,12 @@ def main(argv):
         clip_x0=FLAGS.clip,
         step_counts=step_counts,
         progress=FLAGS.progress,
+        solver=FLAGS.solver,
     )
     try:
+        distributed.initialize(FLAGS)
         sample_lib.run(options)
-    except SampleError as error:
+    except (SampleError, distributed.DistributedSetupError) as error:
         _fail(str(error))
 
 

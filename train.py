@@ -16,21 +16,17 @@ print one line to stderr and exit with status 1; anything else is a bug and show
 import logging
 import sys
 
-import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ddim_jax import checkpointing, config_utils, input_pipeline, train_lib
+from ddim_jax import checkpointing, config_utils, distributed, input_pipeline, train_lib
 
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and sample grids.")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with auto-detected settings.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process run.")
-flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
-flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+distributed.define_flags()
 flags.DEFINE_bool("verbose", False, "Also show library (orbax, grain) INFO logs.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -40,6 +36,7 @@ USER_ERRORS = (
     input_pipeline.DatasetNotPreparedError,
     checkpointing.CheckpointError,
     train_lib.NonFiniteLossError,
+    distributed.DistributedSetupError,
 )
 
 
@@ -54,23 +51,12 @@ def _setup_logging(verbose: bool) -> None:
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
 
 
-def _init_distributed() -> None:
-    if FLAGS.coordinator_address is not None or FLAGS.num_processes is not None:
-        if FLAGS.coordinator_address is None or FLAGS.num_processes is None or FLAGS.process_id is None:
-            raise config_utils.ConfigError(
-                "a multi-process run needs all of --coordinator_address, --num_processes and --process_id")
-        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    elif FLAGS.multihost:
-        jax.distributed.initialize()
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _setup_logging(FLAGS.verbose)
     try:
-        _init_distributed()
+        distributed.initialize(FLAGS)
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except USER_ERRORS as err:
         print(f"train.py: error: {' '.join(str(err).split())}", file=sys.stderr)

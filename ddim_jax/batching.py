@@ -54,21 +54,36 @@ class BatchedSampler:
             x = np.concatenate([x, np.zeros((padding,) + x.shape[1:], x.dtype)])
         return jax.device_put(jnp.asarray(x, jnp.float32), self._batch_sharding)
 
+    def _pad_keys(self, keys: jax.Array) -> jax.Array:
+        """Per-image keys [n] -> raw uint32 [batch, 2] (padding rows reuse key 0), split like x_T."""
+        raw = np.asarray(jax.random.key_data(keys) if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+                         else keys)
+        padding = self.batch_size - raw.shape[0]
+        if padding:
+            raw = np.concatenate([raw, np.repeat(raw[:1], padding, axis=0)])
+        return jax.device_put(raw, self._batch_sharding)
+
     def decode_batch(self, x_T: np.ndarray, seq: np.ndarray, spec: SamplerSpec, key: jax.Array) -> np.ndarray:
-        """x_T [n <= batch, H, W, C] -> x0 [n, H, W, C] float32 (numpy), Eq. 12 over ``seq``."""
+        """x_T [n <= batch, H, W, C] -> x0 [n, H, W, C] float32 (numpy) with ``spec``'s solver over ``seq``.
+
+        ``key`` is one key for the batch, or one key per image (``[n]``): then image i's noise
+        comes from ``key[i]`` alone, whatever batch it is sampled in.
+        """
         count = x_T.shape[0]
+        per_image = (key.ndim == 1) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else (key.ndim == 2)
         x0 = sample(
             self._eps_fn,
             self._pad(np.asarray(x_T)),
             seq,
             self._alphas_cumprod,
             eta=float(spec.eta),
-            key=key,
+            key=self._pad_keys(key) if per_image else key,
             eps_fn_args=(self._params,),
             clip_x0=bool(spec.clip_x0),
             rederive_eps=self.loaded.rederive_eps,
             prediction_type=self.loaded.prediction_type,
             sigma_hat=bool(spec.sigma_hat),
+            solver=spec.solver,
         )
         return np.asarray(jax.device_get(x0))[:count]
 

@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 
 from ddim_jax import pretrained
 from ddim_jax.checkpointing import CheckpointError, load_for_sampling
 from ddim_jax.config_utils import ConfigError
 from ddim_jax.models import create_model
 from ddim_jax.sample_spec import SampleError
-from ddim_jax.schedules import alphas_cumprod_from_betas, make_alphas_cumprod
+from ddim_jax.schedules import alphas_cumprod_from_betas, make_alphas_cumprod, timestep_sequence
 from ddim_jax.train_state import image_shape
 
 
@@ -56,6 +57,10 @@ class LoadedModel:
     def num_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
 
+    def timesteps(self, num_steps: int, skip: str) -> np.ndarray:
+        """The S-step sequence of spacing ``skip`` for this model's schedule (int32 ``[S]``)."""
+        return timestep_sequence(num_steps, self.num_timesteps, skip, alphas_cumprod=self.alphas_cumprod)
+
 
 def load_run(workdir: str, use_ema: bool = True) -> LoadedModel:
     """The latest good checkpoint of a training run (EMA params by default) and its config."""
@@ -77,7 +82,7 @@ def load_run(workdir: str, use_ema: bool = True) -> LoadedModel:
         description=f"{os.path.abspath(workdir)} step {step} ({'EMA' if use_ema else 'raw'} params)",
         config=config,
         defaults={key: sampling[key] for key in
-                  ("num_steps", "eta", "skip", "clip_x0", "batch_size", "num_samples")},
+                  ("num_steps", "eta", "skip", "clip_x0", "batch_size", "num_samples", "solver")},
         rederive_eps=bool(sampling.rederive_eps),
     )
 

@@ -48,6 +48,7 @@ class SampleOptions:
     use_ema: bool = True
     clip_x0: bool | None = None
     step_counts: Sequence[int] | None = None
+    solver: str | None = None
     progress: bool = True
 
 
@@ -61,6 +62,8 @@ def _validate_options(options: SampleOptions) -> None:
         raise SampleError(f"--batch_size must be at least 1, got {options.batch_size}")
     if options.out is not None and not options.out.endswith(OUTPUT_SUFFIXES):
         raise SampleError(f"--out must end in .png (a grid) or .npz (uint8 images), got {options.out!r}")
+    if options.mode != "samples" and options.solver not in (None, "ddim"):
+        raise SampleError(f"--mode={options.mode} decodes with DDIM; --solver is for --mode=samples")
     if options.mode != "samples" and (options.eta not in (None, 0) or options.sigma_hat):
         raise SampleError(
             f"--mode={options.mode} decodes with DDIM (eta=0); drop --eta / --sigma_hat"
@@ -118,8 +121,12 @@ def resolve_spec(options: SampleOptions, loaded: LoadedModel) -> SamplerSpec:
         sigma_hat=bool(options.sigma_hat),
         skip=str(_given(options.skip, defaults.get("skip", "uniform"))),
         clip_x0=bool(_given(options.clip_x0, defaults.get("clip_x0", True))) and options.mode != "reconstruct",
+        solver=str(_given(options.solver, defaults.get("solver", "ddim"))) if options.mode == "samples" else "ddim",
     )
     validate_spec(spec, loaded.num_timesteps)
+    if spec.solver == "plms" and spec.clip_x0 and not loaded.rederive_eps:
+        raise SampleError("--solver=plms steps with eps, so clipping x0 needs the re-derived eps, but this model keeps "
+                          "its own (sampling.rederive_eps=False); add --no-clip or use another solver")
     return spec
 
 
@@ -136,9 +143,10 @@ def resolve_num(options: SampleOptions, loaded: LoadedModel) -> int:
 def default_out(options: SampleOptions, spec: SamplerSpec) -> str:
     """Where ``--out`` defaults to, under ``<workdir>/samples/`` (``samples/<name>/`` for ``--pretrained``):
 
-    ``<mode>_<skip>_S<steps>_eta<eta>_seed<seed>.png`` (``sigmahat`` instead of ``eta<eta>`` with
-    ``--sigma_hat``), or ``<mode>_<skip>_seed<seed>.png`` for the modes that take a list of step
-    counts (``reconstruct``, ``consistency``).
+    ``<mode>_<skip>_S<steps>_eta<eta>[_<solver>]_seed<seed>.png`` (``sigmahat`` instead of
+    ``eta<eta>`` with ``--sigma_hat``; the solver only when it is not ddim), or
+    ``<mode>_<skip>_seed<seed>.png`` for the modes that take a list of step counts
+    (``reconstruct``, ``consistency``).
     """
     if options.pretrained:
         directory = os.path.join("samples", re.sub(r"[^A-Za-z0-9._-]+", "_", options.pretrained.strip("/")))
@@ -147,7 +155,9 @@ def default_out(options: SampleOptions, spec: SamplerSpec) -> str:
     if options.mode in DEFAULT_STEP_COUNTS:   # these modes use a list of step counts, and eta = 0
         return os.path.join(directory, f"{options.mode}_{spec.skip}_seed{options.seed}.png")
     variance = "sigmahat" if spec.sigma_hat else f"eta{spec.eta:g}"
-    return os.path.join(directory, f"{options.mode}_{spec.skip}_S{spec.steps}_{variance}_seed{options.seed}.png")
+    solver = "" if spec.solver == "ddim" else f"_{spec.solver}"
+    return os.path.join(directory,
+                        f"{options.mode}_{spec.skip}_S{spec.steps}_{variance}{solver}_seed{options.seed}.png")
 
 
 def run(options: SampleOptions) -> Any:
@@ -157,9 +167,9 @@ def run(options: SampleOptions) -> Any:
       SampleError: for every user error (one-line message), before any sampling starts.
     """
     _validate_options(options)
-    if jax.process_count() > 1:
-        raise SampleError("sample.py runs in one process (it uses all of that host's devices); "
-                          f"got {jax.process_count()} processes")
+    if jax.process_count() > 1 and options.mode != "samples":
+        raise SampleError(f"--mode={options.mode} runs in one process; only --mode=samples spreads over "
+                          f"{jax.process_count()} processes")
     if options.pretrained:
         loaded = load_pretrained(options.pretrained, with_run_config=options.mode == "reconstruct")
     else:
@@ -168,9 +178,10 @@ def run(options: SampleOptions) -> Any:
     num = resolve_num(options, loaded)
     batch_size = options.batch_size or int(loaded.defaults.get("batch_size", DEFAULT_BATCH_SIZE))
     out = options.out or default_out(options, spec)
-    print(f"{options.mode}: {loaded.description}; S={spec.steps} skip={spec.skip} "
-          f"{'sigma_hat' if spec.sigma_hat else f'eta={spec.eta:g}'} clip_x0={spec.clip_x0} "
-          f"seed={options.seed} on {jax.local_device_count()} device(s)")
+    if jax.process_index() == 0:
+        print(f"{options.mode}: {loaded.description}; S={spec.steps} skip={spec.skip} solver={spec.solver} "
+              f"{'sigma_hat' if spec.sigma_hat else f'eta={spec.eta:g}'} clip_x0={spec.clip_x0} "
+              f"seed={options.seed} on {jax.local_device_count()} device(s) x {jax.process_count()} process(es)")
     common = dict(num=num, batch_size=batch_size, seed=options.seed, out=out, progress=options.progress)
     if options.mode == "samples":
         return run_samples(loaded, spec, **common)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from ddim_jax.batching import BatchedSampler, Progress
@@ -30,8 +31,7 @@ from ddim_jax.input_pipeline import load_eval_images
 from ddim_jax.loading import LoadedModel
 from ddim_jax.sample_spec import SampleError, SamplerSpec
 from ddim_jax.sampling import slerp
-from ddim_jax.schedules import timestep_sequence
-from ddim_jax.shards import prepare_shard_dir, shard_dir_for, shard_key, shard_path
+from ddim_jax.shards import codes_for, image_keys, prepare_shard_dir, shard_dir_for, shard_path
 
 # A `.png` of the `samples` mode shows at most this many images; above it the full set also goes
 # to an `.npz` beside the grid.
@@ -52,13 +52,20 @@ def write_images(out: str, images: np.ndarray, ncols: int | None = None, **extra
 
 
 def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size: int, seed: int,
-                out: str, progress: bool = True, mesh: Mesh | None = None) -> np.ndarray:
+                out: str, progress: bool = True, mesh: Mesh | None = None) -> np.ndarray | None:
     """Exactly ``num`` uint8 samples [num, H, W, C], written to ``out``; resumable.
 
-    Shard i holds one batch generated from ``shard_key(seed, i)``; shards already on disk (from an
-    interrupted run with the same settings) are reused. Same seed and batch size, same images.
+    Image i comes from its own keys (:func:`ddim_jax.shards.image_keys`: its x_T and, for eta > 0,
+    its noise at every step), so the same seed gives the same images whatever the batch size, the
+    number of devices or the number of processes. Shard i holds images ``i * batch_size ..``;
+    shards already on disk (from an interrupted run with the same settings) are reused. Under
+    ``jax.distributed`` process p samples shards p, p + P, ... into the shared shard directory and
+    process 0 assembles ``out``.
+
+    Returns:
+      The images on process 0 (``None`` on the others).
     """
-    seq = timestep_sequence(num_steps=spec.steps, num_timesteps=loaded.num_timesteps, kind=spec.skip)
+    seq = loaded.timesteps(spec.steps, spec.skip)
     num_shards = -(-num // batch_size)
     shard_dir = shard_dir_for(out)
     meta = {
@@ -68,25 +75,36 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
         "seed": seed,
         "shard_size": batch_size,
     }
-    prepare_shard_dir(shard_dir, meta)
-    missing = [index for index in range(num_shards) if not os.path.exists(shard_path(shard_dir, index))]
-    if missing:
+    process, process_count = jax.process_index(), jax.process_count()
+    if process == 0:
+        prepare_shard_dir(shard_dir, meta)
+    _sync_processes("shard directory ready")
+    if process != 0:
+        prepare_shard_dir(shard_dir, meta)   # finds process 0's metadata and checks it
+    mine = [index for index in range(process, num_shards, process_count)
+            if not os.path.exists(shard_path(shard_dir, index))]
+    if mine:
         sampler = BatchedSampler(loaded, batch_size, mesh)
-        bar = Progress(num_shards, f"sampling S={spec.steps}", progress, initial=num_shards - len(missing))
+        done_before = -(-num_shards // process_count) - len(mine)
+        bar = Progress(done_before + len(mine), f"sampling S={spec.steps}", progress, initial=done_before)
         try:
-            for index in missing:
-                code_key, noise_key = shard_key(seed, index)
-                x_T = np.asarray(jax.random.normal(code_key, (batch_size,) + loaded.image_shape, jnp.float32))
-                images = to_uint8(sampler.decode_batch(x_T, seq, spec, noise_key))
-                save_npz(shard_path(shard_dir, index), images=images)
-                bar.update(batch_size)
+            for index in mine:
+                start = index * batch_size
+                count = min(batch_size, num - start)
+                code_keys, noise_keys = image_keys(seed, start, count)
+                x0 = sampler.decode_batch(codes_for(code_keys, loaded.image_shape), seq, spec, noise_keys)
+                save_npz(shard_path(shard_dir, index), images=to_uint8(x0))
+                bar.update(count)
         finally:
             bar.close()
+    _sync_processes("shards written")
+    if process != 0:
+        return None
     shards = []
     for index in range(num_shards):
         with np.load(shard_path(shard_dir, index)) as shard:
             shards.append(shard["images"])
-    images = np.concatenate(shards)[:num]
+    images = np.concatenate(shards)
     written = []
     if out.endswith(".npz"):
         written += write_images(out, images)
@@ -97,6 +115,12 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
     shutil.rmtree(shard_dir)
     report_written(written, images.shape)
     return images
+
+
+def _sync_processes(name: str) -> None:
+    """A barrier across the processes of a ``jax.distributed`` run (nothing with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def interpolation_codes(key: jax.Array, num_pairs: int, points: int, image_shape: Sequence[int]) -> np.ndarray:
@@ -113,7 +137,7 @@ def run_interpolate(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
                     out: str, progress: bool = True, points: int = INTERPOLATION_POINTS,
                     mesh: Mesh | None = None) -> np.ndarray:
     """``num`` rows of ``points`` images each, decoded from slerped codes (paper Fig. 6)."""
-    seq = timestep_sequence(num_steps=spec.steps, num_timesteps=loaded.num_timesteps, kind=spec.skip)
+    seq = loaded.timesteps(spec.steps, spec.skip)
     code_key, noise_key = jax.random.split(jax.random.key(seed))
     codes = interpolation_codes(code_key, num, points, loaded.image_shape)
     flat = codes.reshape((num * points,) + loaded.image_shape)
@@ -161,7 +185,7 @@ def run_reconstruct(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
     mse = {}
     try:
         for count in step_counts:
-            seq = timestep_sequence(num_steps=count, num_timesteps=loaded.num_timesteps, kind=spec.skip)
+            seq = loaded.timesteps(count, spec.skip)
             codes = sampler.encode(x0, seq, bar)
             decoded = sampler.decode(codes, seq, dataclasses.replace(spec, steps=count),
                                      jax.random.key(seed), bar)
@@ -196,7 +220,7 @@ def run_consistency(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
     columns = []
     try:
         for count in step_counts:
-            seq = timestep_sequence(num_steps=count, num_timesteps=loaded.num_timesteps, kind=spec.skip)
+            seq = loaded.timesteps(count, spec.skip)
             columns.append(to_uint8(sampler.decode(codes, seq, dataclasses.replace(spec, steps=count),
                                                    noise_key, bar)))
     finally:

@@ -10,9 +10,10 @@ import dataclasses
 
 import numpy as np
 
-from ddim_jax.schedules import SPACINGS
+from ddim_jax.schedules import SCHEDULE_SPACINGS, SPACINGS
+from ddim_jax.solvers import SOLVERS
 
-SKIP_KINDS = SPACINGS
+SKIP_KINDS = SPACINGS + SCHEDULE_SPACINGS
 
 
 class SampleError(ValueError):
@@ -28,8 +29,11 @@ class SamplerSpec:
       eta: the eta of Eq. 16 (0 = DDIM, deterministic; 1 = DDPM's ancestral step).
       sigma_hat: use the larger variance sigma_hat = sqrt(1 - a_t / a_prev) (Table 1's last row);
         replaces eta.
-      skip: the timestep spacing ("uniform", "quad", "leading", "trailing", "linspace").
+      skip: the timestep spacing ("uniform", "quad", "leading", "trailing", "linspace", or
+        "logsnr", which depends on the model's schedule).
       clip_x0: clip the predicted x0 (Eq. 9) to [-1, 1] at every step.
+      solver: "ddim" (Eq. 12, with eta or sigma_hat) or a higher-order solver of
+        ``ddim_jax.solvers.SOLVERS`` (deterministic: eta = 0).
     """
 
     steps: int = 20
@@ -37,6 +41,7 @@ class SamplerSpec:
     sigma_hat: bool = False
     skip: str = "uniform"
     clip_x0: bool = True
+    solver: str = "ddim"
 
 
 def validate_spec(spec: SamplerSpec, num_timesteps: int) -> None:
@@ -57,3 +62,7 @@ def validate_spec(spec: SamplerSpec, num_timesteps: int) -> None:
         raise SampleError(
             f"--sigma_hat replaces eta with the larger variance; drop --eta={spec.eta} or --sigma_hat"
         )
+    if spec.solver not in SOLVERS:
+        raise SampleError(f"unknown --solver={spec.solver!r}; choose one of {', '.join(SOLVERS)}")
+    if spec.solver != "ddim" and (spec.eta != 0 or spec.sigma_hat):
+        raise SampleError(f"--solver={spec.solver} is deterministic; --eta and --sigma_hat need --solver=ddim")

@@ -55,6 +55,27 @@ def _call_model(eps_fn, x, t, eps_fn_args, fn: str, input_dtype):
     return output.astype(x.dtype)
 
 
+def _is_key_batch(key) -> bool:
+    """Whether ``key`` is one PRNG key per example (``[B]`` typed keys, or raw ``uint32 [B, 2]``)."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 1
+    return key.ndim == 2
+
+
+def _normal(key, shape, dtype):
+    """Standard normal noise of ``shape = [B, ...]`` from one key, or row b from ``key[b]``."""
+    if _is_key_batch(key):
+        return jax.vmap(lambda example_key: jax.random.normal(example_key, shape[1:], dtype))(key)
+    return jax.random.normal(key, shape, dtype)
+
+
+def _step_keys(key, num_steps: int):
+    """The key of each step, ``[S, ...]``: ``split(key, S)``, or per example ``split(key[b], S)``."""
+    if _is_key_batch(key):
+        return jnp.swapaxes(jax.vmap(lambda example_key: jax.random.split(example_key, num_steps))(key), 0, 1)
+    return jax.random.split(key, num_steps)
+
+
 def _ddim_scan(model, x_T, seq, alphas_cumprod, eta, step_keys, *, noise_kind, return_trajectory):
     prev_timesteps = jnp.concatenate([seq[1:], jnp.full((1,), -1, jnp.int32)])
 
@@ -64,7 +85,7 @@ def _ddim_scan(model, x_T, seq, alphas_cumprod, eta, step_keys, *, noise_kind, r
         if noise_kind == "none":
             x_prev = x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), 0.0, 0.0)
         else:
-            noise = jax.random.normal(key, x_t.shape, x_t.dtype)
+            noise = _normal(key, x_t.shape, x_t.dtype)
             if noise_kind == "eta":
                 sigma = sigma_kernel(t, t_prev, alphas_cumprod, eta)
                 x_prev = x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), sigma, noise)
@@ -238,6 +259,9 @@ def sample(
         ``solver="ddim"`` accepts eta > 0.
       key: PRNG key; required when ``eta > 0`` or ``sigma_hat``. Step ``i`` draws its noise as
         ``jax.random.normal(jax.random.split(key, S)[i], x_T.shape, float32)`` (the state dtype).
+        Or one key per example (``[B]`` typed keys or raw ``uint32 [B, 2]``): example ``b`` then
+        draws ``jax.random.normal(jax.random.split(key[b], S)[i], x_T.shape[1:])`` at step ``i``,
+        so its noise does not depend on the batch it is sampled in.
       eps_fn_args: extra traced arguments for ``eps_fn`` (e.g. ``(params,)``), so that new
         params do not trigger a recompilation.
       clip_x0: clip x0_hat to [-1, 1] each step. The data-prediction solvers (DDIM,
@@ -290,8 +314,12 @@ def sample(
     if noise_kind != "none" and key is None:
         raise ValueError(f"{fn}: a PRNG key is required when eta > 0 or sigma_hat=True")
 
+    if noise_kind != "none":
+        key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+        if _is_key_batch(key) and key.shape[0] != np.shape(x_T)[0]:
+            raise ValueError(f"{fn}: key holds {key.shape[0]} per-example keys for a batch of {np.shape(x_T)[0]}")
     seq = jnp.asarray(seq, jnp.int32)
-    step_keys = None if noise_kind == "none" else jax.random.split(key, seq.shape[0])
+    step_keys = None if noise_kind == "none" else _step_keys(key, seq.shape[0])
     x0, trajectory = _sample_scan(
         eps_fn, jnp.asarray(x_T), seq, jnp.asarray(alphas_cumprod), jnp.asarray(eta, jnp.float32), step_keys,
         eps_fn_args, solver=solver, prediction_type=prediction_type, clip_x0=bool(clip_x0),

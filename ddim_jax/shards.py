@@ -1,6 +1,6 @@
 """Resumable sample files: a large ``--out`` is written as one shard per batch, then assembled.
 
-Shard ``i`` holds the images of batch ``i``, generated from :func:`shard_key` ``(seed, i)``, in
+Shard ``i`` holds images ``i * shard_size ..`` (each generated from its own keys, :func:`image_keys`), in
 ``<out>_shards/shard_<i>.npz``; ``meta.json`` beside them records the settings that determine the
 images, and a restarted run with the same settings reuses the shards already on disk. Every file
 is written atomically (``ddim_jax/images.py``), so a killed run never leaves a truncated shard.
@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from ddim_jax.images import save_json
 from ddim_jax.sample_spec import SampleError
@@ -22,10 +24,21 @@ SHARD_DIR_SUFFIX = "_shards"
 SHARD_META_FILE = "meta.json"
 
 
-def shard_key(seed: int, shard_index: int) -> tuple[jax.Array, jax.Array]:
-    """(x_T key, noise key) of shard ``shard_index``: a pure function of the seed and the index."""
-    code_key, noise_key = jax.random.split(jax.random.fold_in(jax.random.key(seed), shard_index))
-    return code_key, noise_key
+def image_keys(seed: int, start: int, count: int) -> tuple[jax.Array, jax.Array]:
+    """(x_T keys [count], noise keys [count]) of images ``start .. start + count - 1``.
+
+    Image i's keys are ``split(fold_in(key(seed), i))``: a pure function of the seed and the image's
+    index, so an image is the same whatever the batch size, the device count or the process that
+    samples it.
+    """
+    indices = jnp.arange(start, start + count, dtype=jnp.uint32)
+    keys = jax.vmap(lambda index: jax.random.split(jax.random.fold_in(jax.random.key(seed), index)))(indices)
+    return keys[:, 0], keys[:, 1]
+
+
+def codes_for(code_keys: jax.Array, image_shape: tuple[int, ...]) -> np.ndarray:
+    """x_T ~ N(0, I), float32 ``[count, *image_shape]``: row i drawn from ``code_keys[i]`` alone."""
+    return np.asarray(jax.vmap(lambda key: jax.random.normal(key, image_shape, jnp.float32))(code_keys))
 
 
 def shard_dir_for(out: str) -> str:

@@ -349,7 +349,8 @@ class _GridSampler:
         self.x_T = jax.device_put(np.asarray(x_T), replicated)
         self.alphas_cumprod = jax.device_put(np.asarray(make_alphas_cumprod(config.diffusion)), replicated)
         self.seq = timestep_sequence(config.sampling.num_steps, config.diffusion.num_timesteps,
-                                     kind=config.sampling.skip)
+                                     kind=config.sampling.skip, alphas_cumprod=make_alphas_cumprod(config.diffusion))
+        self.solver = config.sampling.solver
         self.eta = config.sampling.eta
         self.key = jax.device_put(np.asarray(jax.random.PRNGKey(config.training.seed + 2)), replicated)
         self.clip_x0 = config.sampling.clip_x0
@@ -358,5 +359,5 @@ class _GridSampler:
     def __call__(self, ema_params: Any) -> np.ndarray:
         x0 = sample(self.eps_fn, self.x_T, self.seq, self.alphas_cumprod, self.eta,
                     self.key if self.eta > 0 else None, eps_fn_args=(ema_params,), clip_x0=self.clip_x0,
-                    rederive_eps=self.rederive_eps)
+                    rederive_eps=self.rederive_eps, solver=self.solver)
         return _host_value(x0)

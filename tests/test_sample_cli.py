@@ -21,11 +21,10 @@ from flax import linen as nn
 from PIL import Image
 
 import configs.tiny
-import sample as sample_cli
 from ddim_jax import batching, images, loading, sample_lib, sample_modes, sample_spec, shards
 from ddim_jax.checkpointing import export_workdir, load_for_sampling
+from ddim_jax.command_line import normalize_argv
 from ddim_jax.images import GRID_PADDING
-from ddim_jax.models import abstract_params, create_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = (8, 8, 1)
@@ -37,22 +36,8 @@ def _tiny_config():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    config = _tiny_config()
-    shapes = abstract_params(create_model(config), IMAGE)
-    rng = np.random.default_rng(0)
-
-    def random_leaf(path, leaf):
-        noise = rng.standard_normal(leaf.shape).astype(np.float32)
-        name = path[-1].key
-        if name == "kernel":
-            return noise / np.sqrt(np.prod(leaf.shape[:-1]))
-        return (1.0 if name == "scale" else 0.0) + 0.1 * noise
-
-    params = jax.tree_util.tree_map_with_path(random_leaf, shapes)
-    path = str(tmp_path_factory.mktemp("tiny_run"))
-    export_workdir(path, config, params)
-    return path
+def workdir(tiny_run):
+    return tiny_run
 
 
 def test_the_runs_sampling_config_gives_the_defaults(workdir, tmp_path):
@@ -101,7 +86,7 @@ def _run_cli(*args, env=None):
 def test_normalize_argv_accepts_dashed_spellings():
     argv = ["sample.py", "--batch-size=8", "--sigma-hat", "--no-ema", "--no_clip", "--out", "my-file.png",
             "--eta", "-1", "--steps=20", "--", "--keep-this"]
-    assert sample_cli.normalize_argv(argv, boolean_flags=("ema", "clip", "sigma_hat")) == [
+    assert normalize_argv(argv, boolean_flags=("ema", "clip", "sigma_hat")) == [
         "sample.py", "--batch_size=8", "--sigma_hat", "--noema", "--noclip", "--out", "my-file.png",
         "--eta", "-1", "--steps=20", "--", "--keep-this"]
 
@@ -129,11 +114,13 @@ def test_step_counts_defaults_clip_to_T_and_requests_are_checked():
         sample_lib.resolve_step_counts([50], "reconstruct", 40)
 
 
-def test_shard_keys_depend_only_on_seed_and_index():
-    first = jax.random.key_data(shards.shard_key(3, 7)[0])
-    np.testing.assert_array_equal(first, jax.random.key_data(shards.shard_key(3, 7)[0]))
-    assert not np.array_equal(first, jax.random.key_data(shards.shard_key(3, 8)[0]))
-    assert not np.array_equal(first, jax.random.key_data(shards.shard_key(4, 7)[0]))
+def test_image_keys_depend_only_on_seed_and_image_index():
+    codes, noises = shards.image_keys(3, 5, 4)                  # images 5..8
+    later_codes, _ = shards.image_keys(3, 7, 1)                 # image 7 alone
+    np.testing.assert_array_equal(jax.random.key_data(codes[2]), jax.random.key_data(later_codes[0]))
+    assert not np.array_equal(jax.random.key_data(codes[0]), jax.random.key_data(codes[1]))
+    assert not np.array_equal(jax.random.key_data(codes[0]), jax.random.key_data(noises[0]))
+    assert not np.array_equal(jax.random.key_data(codes[0]), jax.random.key_data(shards.image_keys(4, 5, 1)[0][0]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -99,6 +99,8 @@ def _build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--resize", choices=RESIZE_MODES, default="pytorch-fid")
     stats.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=200)
     stats.add_argument("--no-progress", dest="progress", action="store_false")
+    stats.add_argument("--features", action="store_true",
+                       help="also store the features themselves (KID and precision/recall need them)")
     return parser
 
 
@@ -122,8 +124,9 @@ def _run(args: argparse.Namespace) -> str:
     feats = inception_features(images, inception, resize=args.resize, batch_size=args.batch_size,
                                progress=args.progress)
     mu, sigma = feature_statistics(feats)
-    save_statistics(args.out, mu, sigma)
-    return f"wrote {args.out}: statistics of {len(feats)} images (resize={args.resize})"
+    save_statistics(args.out, mu, sigma, features=feats if args.features else None)
+    stored = " and features" if args.features else ""
+    return f"wrote {args.out}: statistics{stored} of {len(feats)} images (resize={args.resize})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,12 +77,19 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Atomically writes pytorch-fid's ``.npz``: ``mu`` float64 [D], ``sigma`` float64 [D, D]."""
+def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray,
+                    features: np.ndarray | None = None) -> None:
+    """Atomically writes pytorch-fid's ``.npz``: ``mu`` float64 [D], ``sigma`` float64 [D, D], and
+    optionally the ``features`` float32 [N, D] themselves (KID and precision/recall need them)."""
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"save_statistics: need mu [D] and sigma [D, D], got {mu.shape} and {sigma.shape}")
-    save_npz(path, mu=mu, sigma=sigma)
+    extra = {}
+    if features is not None:
+        extra["features"] = np.asarray(features, np.float32)
+        if extra["features"].ndim != 2 or extra["features"].shape[1] != mu.shape[0]:
+            raise ValueError(f"save_statistics: features must be [N, {mu.shape[0]}], got {extra['features'].shape}")
+    save_npz(path, mu=mu, sigma=sigma, **extra)
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
