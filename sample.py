@@ -5,6 +5,7 @@ r"""Sample images from a trained ddim-jax run or a published DDPM checkpoint.
   python sample.py --num 50000 --batch-size 500 --out fid.npz   # exactly 50,000, resumable
   python sample.py --mode interpolate|reconstruct|consistency
   python sample.py --pretrained path/to/diffusers_dir --steps 20
+  python sample.py --workdir runs/digits_cond --label all --guidance 2   # one class per row
 
 `--out` ending in `.png` writes a grid; ending in `.npz` writes `images`, uint8 [N, H, W, C].
 Dashed spellings (`--batch-size`, `--sigma-hat`, `--no-ema`, `--no-clip`) are accepted too.
@@ -46,6 +47,12 @@ flags.DEFINE_bool("clip", None, "Clip predicted x0 to [-1, 1] (default: the run'
 flags.DEFINE_list("step_counts", None,
                   "Step counts for reconstruct / consistency (default 10,20,50,100[,1000], clipped to T).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_string("label", None,
+                    "Class-conditional models: a class number N (every image of class N) or 'all' (image i of "
+                    "class i mod K; grids have one class per row). Default 'all'; reconstruct: the real labels.")
+flags.DEFINE_float("guidance", None,
+                   "Classifier-free guidance scale s for class-conditional models: 0 = unconditional, "
+                   "1 = conditional (default), > 1 guided.")
 
 
 _NEGATED_BOOL = re.compile(r"^no[_-]")
@@ -103,6 +110,8 @@ def main(argv):
         clip_x0=FLAGS.clip,
         step_counts=step_counts,
         progress=FLAGS.progress,
+        label=FLAGS.label,
+        guidance=FLAGS.guidance,
     )
     try:
         sample_lib.run(options)

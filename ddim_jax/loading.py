@@ -56,6 +56,11 @@ class LoadedModel:
     def num_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
 
+    @property
+    def num_classes(self) -> int:
+        """K of a class-conditional model (label K is the null class); 0 for an unconditional one."""
+        return int(getattr(self.model, "num_classes", 0))
+
 
 def load_run(workdir: str, use_ema: bool = True) -> LoadedModel:
     """The latest good checkpoint of a training run (EMA params by default) and its config."""
