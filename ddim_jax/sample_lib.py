@@ -164,16 +164,21 @@ def default_out(options: SampleOptions, spec: SamplerSpec) -> str:
 
     ``<mode>_<skip>_S<steps>_eta<eta>_seed<seed>.png`` (``sigmahat`` instead of ``eta<eta>`` with
     ``--sigma_hat``), or ``<mode>_<skip>_seed<seed>.png`` for the modes that take a list of step
-    counts (``reconstruct``, ``consistency``).
+    counts (``reconstruct``, ``consistency``); ``_label<L>`` / ``_g<s>`` go before ``_seed`` when
+    ``--label`` / ``--guidance`` are given.
     """
     if options.pretrained:
         directory = os.path.join("samples", re.sub(r"[^A-Za-z0-9._-]+", "_", options.pretrained.strip("/")))
     else:
         directory = os.path.join(options.workdir, "samples")
+    # Class-conditional runs: the --label / --guidance asked for, so other scales do not overwrite it.
+    conditioning = ("" if options.label is None else f"_label{options.label}") + (
+        "" if options.guidance is None else f"_g{options.guidance:g}")
     if options.mode in DEFAULT_STEP_COUNTS:   # these modes use a list of step counts, and eta = 0
-        return os.path.join(directory, f"{options.mode}_{spec.skip}_seed{options.seed}.png")
+        return os.path.join(directory, f"{options.mode}_{spec.skip}{conditioning}_seed{options.seed}.png")
     variance = "sigmahat" if spec.sigma_hat else f"eta{spec.eta:g}"
-    return os.path.join(directory, f"{options.mode}_{spec.skip}_S{spec.steps}_{variance}_seed{options.seed}.png")
+    return os.path.join(directory,
+                        f"{options.mode}_{spec.skip}_S{spec.steps}_{variance}{conditioning}_seed{options.seed}.png")
 
 
 def run(options: SampleOptions) -> Any:
