@@ -5,6 +5,7 @@ r"""Sample images from a trained ddim-jax run or a published DDPM checkpoint.
   python sample.py --num 50000 --batch-size 500 --out fid.npz   # exactly 50,000, resumable
   python sample.py --mode interpolate|reconstruct|consistency
   python sample.py --pretrained path/to/diffusers_dir --steps 20
+  python sample.py --workdir runs/digits_cond --label all --guidance 2   # one class per row
 
 `--out` ending in `.png` writes a grid; ending in `.npz` writes `images`, uint8 [N, H, W, C].
 Dashed spellings (`--batch-size`, `--sigma-hat`, `--no-ema`, `--no-clip`) are accepted too.
@@ -48,6 +49,13 @@ flags.DEFINE_list("step_counts", None,
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_string("solver", None, f"Sampler, one of {', '.join(SOLVERS)} (default: the run's config, else ddim).")
 distributed.define_flags()
+flags.DEFINE_string("label", None,
+                    "Class-conditional models: a class number N (every image of class N) or 'all' (image i of "
+                    "class i mod K; grids have one class per row). Default 'all'; reconstruct: the real labels.")
+flags.DEFINE_float("guidance", None,
+                   "Classifier-free guidance scale s for class-conditional models: 0 = unconditional, "
+                   "1 = conditional (default), > 1 guided.")
+
 
 
 def _boolean_flag_names():
@@ -80,6 +88,8 @@ def main(argv):
         step_counts=step_counts,
         progress=FLAGS.progress,
         solver=FLAGS.solver,
+        label=FLAGS.label,
+        guidance=FLAGS.guidance,
     )
     try:
         distributed.initialize(FLAGS)

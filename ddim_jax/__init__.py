@@ -7,6 +7,8 @@ The math lives in pure, jittable functions (conventions: ``docs/conventions.md``
   generalized reverse step (Eq. 12 with sigma of Eq. 16).
 - :mod:`ddim_jax.sampling` -- the whole S-step sampler and the encoder (inversion) as one
   ``lax.scan`` inside one ``jit``, and ``slerp`` for latent interpolation.
+- :mod:`ddim_jax.guidance` -- classifier-free guidance: ``guided_eps_fn`` (conditional and null
+  estimates in one batched call, for every solver) and ``labels_for``.
 
 The application layer: ``models`` (the UNet), ``train_state`` / ``train_lib`` / ``checkpointing``
 (training), ``loading`` / ``batching`` / ``shards`` / ``sample_modes`` / ``sample_lib``

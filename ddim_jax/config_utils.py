@@ -32,6 +32,7 @@ from ddim_jax.solvers import SOLVERS
 __all__ = [
     "ConfigError",
     "DATASET_CHANNELS",
+    "DATASET_NUM_CLASSES",
     "default_config",
     "validate_config",
     "config_to_json",
@@ -48,6 +49,8 @@ DATASET_CHANNELS: dict[str, int] = {
     "cifar10": 3,
     "celeb_a": 3,
 }
+# Classes of the datasets that have a ``label`` feature (class-conditional runs: model.num_classes).
+DATASET_NUM_CLASSES: dict[str, int] = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10}
 
 
 class ConfigError(ValueError):
@@ -89,6 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
     model.freq_shift = 1.0
     model.downsample_padding = 0
     model.attn_head_dim = ml_collections.config_dict.placeholder(int)  # None: one attention head
+    model.num_classes = 0  # 0: unconditional; K > 0: class-conditional on the dataset's K labels
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
     diffusion.beta_schedule = "linear"
@@ -107,6 +111,9 @@ def default_config() -> ml_collections.ConfigDict:
     training.keep_checkpoints = 3
     training.ema_decay = 0.9999
     training.seed = 0
+    # Class-conditional runs only: the fraction of labels replaced by the null class (classifier-free
+    # guidance trains the unconditional model on those).
+    training.label_dropout = 0.1
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.learning_rate = 2e-4
@@ -231,6 +238,13 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
              f"must be >= 0, got {training.num_grid_samples}")
     _require(0.0 <= training.ema_decay < 1.0, "training.ema_decay",
              f"must be in [0, 1), got {training.ema_decay}")
+    _require(0.0 <= training.label_dropout < 1.0, "training.label_dropout",
+             f"must be in [0, 1), got {training.label_dropout}")
+    if config.model.num_classes:
+        classes = DATASET_NUM_CLASSES.get(data.name)
+        _require(classes is not None, "model.num_classes", f"dataset {data.name!r} has no class labels; use 0")
+        _require(config.model.num_classes == classes, "model.num_classes",
+                 f"dataset {data.name!r} has {classes} classes, config says {config.model.num_classes}")
     _require(0 <= training.seed < 2**31, "training.seed", f"must be in [0, 2**31), got {training.seed}")
 
     _require(math.isfinite(optim.learning_rate) and optim.learning_rate > 0, "optim.learning_rate",

@@ -11,7 +11,9 @@ step ``s`` is examples ``[s * B, (s + 1) * B)`` of that stream, and process ``p`
 So a run resumed at step ``s`` sees exactly the batches an uninterrupted run would, with any number
 of processes or devices.
 
-All images come out as float32 [H, W, C] in [-1, 1] (``uint8 / 127.5 - 1``).
+All images come out as float32 [H, W, C] in [-1, 1] (``uint8 / 127.5 - 1``). A class-conditional
+config (``config.model.num_classes > 0``) reads ``(image, label)`` pairs instead, and batches are
+``(images, labels int32 [B])``; the order and the flips are the same as without labels.
 """
 
 from __future__ import annotations
@@ -51,18 +53,24 @@ class ImageSource(Protocol):
 
 
 class ArrayImageSource:
-    """An in-memory uint8 [N, H, W, C] array as a grain random-access source."""
+    """An in-memory uint8 [N, H, W, C] array as a grain random-access source; with ``labels``
+    (int [N]) its items are ``(image, label)`` pairs."""
 
-    def __init__(self, images: np.ndarray):
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None):
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 [N, H, W, C] images, got {images.dtype} {images.shape}")
+        if labels is not None and np.shape(labels) != (len(images),):
+            raise ValueError(f"expected labels of shape ({len(images)},), got {np.shape(labels)}")
         self._images = images
+        self._labels = None if labels is None else np.asarray(labels, np.int32)
 
     def __len__(self) -> int:
         return len(self._images)
 
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self._images[index]
+    def __getitem__(self, index: int):
+        if self._labels is None:
+            return self._images[index]
+        return self._images[index], self._labels[index]
 
 
 class TfdsImageSource:
@@ -72,16 +80,20 @@ class TfdsImageSource:
     ``__getitems__`` does not work under ``tfds.testing.mock_data``).
     """
 
-    def __init__(self, source):
+    def __init__(self, source, with_labels: bool = False):
         self._source = source
+        self._with_labels = with_labels
 
     def __len__(self) -> int:
         return len(self._source)
 
-    def __getitem__(self, index: int) -> np.ndarray:
-        image = np.asarray(self._source[int(index)]["image"])
+    def __getitem__(self, index: int):
+        record = self._source[int(index)]
+        image = np.asarray(record["image"])
         if image.ndim == 2:
             image = image[..., None]
+        if self._with_labels:
+            return image, np.int32(record["label"])
         return image
 
 
@@ -94,6 +106,14 @@ def _digits_uint8() -> np.ndarray:
     return np.rint(images * (255.0 / 16.0)).astype(np.uint8)[..., None]
 
 
+@functools.lru_cache(maxsize=1)
+def _digits_labels() -> np.ndarray:
+    """The classes 0..9 of :func:`_digits_uint8`'s images, int32 [1797]."""
+    from sklearn.datasets import load_digits
+
+    return load_digits().target.astype(np.int32)
+
+
 def _prepare_hint(name: str, data_dir: str | None) -> str:
     target = f" --data_dir={data_dir}" if data_dir else ""
     return (f"TFDS dataset {name!r} is not prepared in the array_record format"
@@ -101,17 +121,22 @@ def _prepare_hint(name: str, data_dir: str | None) -> str:
             f"network): pip install -e \".[prepare]\" && tfds build {name} --file_format=array_record{target}")
 
 
-def open_source(config: ml_collections.ConfigDict, split: str) -> ImageSource:
+def open_source(config: ml_collections.ConfigDict, split: str, with_labels: bool | None = None) -> ImageSource:
     """Opens ``split`` of ``config.data.name`` for random access (never downloads anything).
+
+    Items are ``(image, label)`` pairs when ``with_labels`` (default: the config is
+    class-conditional, ``config.model.num_classes > 0``), else images.
 
     Raises:
       DatasetNotPreparedError: a TFDS dataset has not been prepared (the message says how).
     """
     name = config.data.name
+    if with_labels is None:
+        with_labels = config.model.num_classes > 0
     if name == "digits":
         if split != "train":
             raise ValueError(f"the digits dataset has only the 'train' split, got {split!r}")
-        return ArrayImageSource(_digits_uint8())
+        return ArrayImageSource(_digits_uint8(), _digits_labels() if with_labels else None)
     import tensorflow_datasets as tfds  # imported lazily: slow, and not needed for the digits
 
     data_dir = config.data.data_dir
@@ -122,7 +147,7 @@ def open_source(config: ml_collections.ConfigDict, split: str) -> ImageSource:
         # TFDS raises KeyError ("splits is empty") for an unprepared dataset and AssertionError or
         # FileNotFoundError for a missing/mismatched data dir.
         raise DatasetNotPreparedError(f"{_prepare_hint(name, data_dir)} ({type(err).__name__}: {err})") from err
-    return TfdsImageSource(source)
+    return TfdsImageSource(source, with_labels=with_labels)
 
 
 def preprocess_image(image: np.ndarray, config: ml_collections.ConfigDict, flip: bool = False) -> np.ndarray:
@@ -153,7 +178,9 @@ class _Preprocess(grain.transforms.Map):
         self._size = config.data.image_size
         self._crop = None if config.data.crop is None else tuple(config.data.crop)
 
-    def map(self, element: np.ndarray) -> np.ndarray:
+    def map(self, element):
+        if isinstance(element, tuple):  # (image, label)
+            return _preprocess(element[0], self._size, self._crop, flip=False), np.int32(element[1])
         return _preprocess(element, self._size, self._crop, flip=False)
 
 
@@ -164,8 +191,11 @@ class _PreprocessWithFlip(grain.transforms.RandomMap):
         self._size = config.data.image_size
         self._crop = None if config.data.crop is None else tuple(config.data.crop)
 
-    def random_map(self, element: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return _preprocess(element, self._size, self._crop, flip=bool(rng.integers(2)))
+    def random_map(self, element, rng: np.random.Generator):
+        flip = bool(rng.integers(2))
+        if isinstance(element, tuple):  # (image, label)
+            return _preprocess(element[0], self._size, self._crop, flip=flip), np.int32(element[1])
+        return _preprocess(element, self._size, self._crop, flip=flip)
 
 
 def _check_batch_split(global_batch: int, process_count: int) -> int:
@@ -180,7 +210,7 @@ def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0, pro
     """The local training batches of this process from ``start_step`` on, as a grain MapDataset.
 
     Element ``k`` is this process's float32 [B / P, H, W, C] slice of the global batch of step
-    ``start_step + k``.
+    ``start_step + k`` (with its int32 [B / P] labels, as a pair, for a class-conditional config).
     """
     local_batch = _check_batch_split(config.training.batch_size, process_count)
     if not 0 <= process_index < process_count:
@@ -219,18 +249,23 @@ def train_batches(config: ml_collections.ConfigDict, *, start_step: int = 0, pro
     return iter(iter_dataset)
 
 
-def load_eval_images(config: ml_collections.ConfigDict, num: int, seed: int = 0) -> np.ndarray:
+def load_eval_images(config: ml_collections.ConfigDict, num: int, seed: int = 0, with_labels: bool = False):
     """``num`` images of ``config.data.eval_split`` in a seeded random order, without flips.
 
     Returns:
-      float32 [num, H, W, C] in [-1, 1] (H = W = ``config.data.image_size``).
+      float32 [num, H, W, C] in [-1, 1] (H = W = ``config.data.image_size``); with
+      ``with_labels``, ``(images, labels int32 [num])`` (the same images, in the same order).
     """
     if num <= 0:
         raise ValueError(f"load_eval_images: num must be positive, got {num}")
-    source = open_source(config, config.data.eval_split)
+    source = open_source(config, config.data.eval_split, with_labels=with_labels)
     if num > len(source):
         raise ValueError(f"load_eval_images: asked for {num} images, but split "
                          f"{config.data.eval_split!r} of {config.data.name!r} has {len(source)}")
     dataset = grain.MapDataset.source(source).shuffle(seed=seed)
     indices: Sequence[int] = range(num)
+    if with_labels:
+        items = [dataset[i] for i in indices]
+        return (np.stack([preprocess_image(image, config) for image, _ in items]),
+                np.asarray([label for _, label in items], np.int32))
     return np.stack([preprocess_image(dataset[i], config) for i in indices])

@@ -61,6 +61,11 @@ class LoadedModel:
         """The S-step sequence of spacing ``skip`` for this model's schedule (int32 ``[S]``)."""
         return timestep_sequence(num_steps, self.num_timesteps, skip, alphas_cumprod=self.alphas_cumprod)
 
+    @property
+    def num_classes(self) -> int:
+        """K of a class-conditional model (label K is the null class); 0 for an unconditional one."""
+        return int(getattr(self.model, "num_classes", 0))
+
 
 def load_run(workdir: str, use_ema: bool = True) -> LoadedModel:
     """The latest good checkpoint of a training run (EMA params by default) and its config."""

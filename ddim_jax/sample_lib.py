@@ -10,6 +10,7 @@ runs one of the four modes of ``ddim_jax/sample_modes.py``. Every user error is 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 import jax
 
+from ddim_jax.guidance import parse_label
 from ddim_jax.loading import LoadedModel, load_pretrained, load_run
 from ddim_jax.sample_modes import run_consistency, run_interpolate, run_reconstruct, run_samples
 from ddim_jax.sample_spec import SKIP_KINDS, SampleError, SamplerSpec, validate_spec
@@ -50,6 +52,10 @@ class SampleOptions:
     step_counts: Sequence[int] | None = None
     solver: str | None = None
     progress: bool = True
+    # Class-conditional models only: "all" (image i of class i mod K; the default), a class number, or
+    # None; and the classifier-free guidance scale (default 1: plain conditional).
+    label: str | int | None = None
+    guidance: float | None = None
 
 
 def _validate_options(options: SampleOptions) -> None:
@@ -81,6 +87,9 @@ def _validate_options(options: SampleOptions) -> None:
         raise SampleError(f"--eta must be in [0, 1] (0 = DDIM, 1 = DDPM), got {options.eta}")
     if options.steps is not None and options.steps < 1:
         raise SampleError(f"--steps must be at least 1, got {options.steps}")
+    if options.guidance is not None and not (math.isfinite(options.guidance) and options.guidance >= 0):
+        raise SampleError(f"--guidance must be a finite number >= 0 (0 = unconditional, 1 = conditional), "
+                          f"got {options.guidance}")
     if options.skip is not None and options.skip not in SKIP_KINDS:
         raise SampleError(f"unknown --skip={options.skip!r}; choose one of {', '.join(SKIP_KINDS)}")
 
@@ -140,24 +149,45 @@ def resolve_num(options: SampleOptions, loaded: LoadedModel) -> int:
     return DEFAULT_NUM[options.mode]
 
 
+def resolve_conditioning(options: SampleOptions, loaded: LoadedModel) -> tuple[str | int | None, float]:
+    """``(label, guidance)``: ``(None, 1.0)`` for an unconditional model (which refuses both flags);
+    for a class-conditional one ``--label`` (default ``"all"``; ``reconstruct``: the real labels,
+    None) and ``--guidance`` (default 1)."""
+    if not loaded.num_classes:
+        if options.label is not None or options.guidance is not None:
+            raise SampleError(f"--label / --guidance need a class-conditional model; {loaded.description} is "
+                              "unconditional (config.model.num_classes=0)")
+        return None, 1.0
+    default = None if options.mode == "reconstruct" else "all"
+    try:
+        label = parse_label(default if options.label is None else options.label, loaded.num_classes)
+    except ValueError as error:
+        raise SampleError(str(error)) from None
+    return label, float(1.0 if options.guidance is None else options.guidance)
+
+
 def default_out(options: SampleOptions, spec: SamplerSpec) -> str:
     """Where ``--out`` defaults to, under ``<workdir>/samples/`` (``samples/<name>/`` for ``--pretrained``):
 
     ``<mode>_<skip>_S<steps>_eta<eta>[_<solver>]_seed<seed>.png`` (``sigmahat`` instead of
     ``eta<eta>`` with ``--sigma_hat``; the solver only when it is not ddim), or
     ``<mode>_<skip>_seed<seed>.png`` for the modes that take a list of step counts
-    (``reconstruct``, ``consistency``).
+    (``reconstruct``, ``consistency``); ``_label<L>`` / ``_g<s>`` go before ``_seed`` when
+    ``--label`` / ``--guidance`` are given.
     """
     if options.pretrained:
         directory = os.path.join("samples", re.sub(r"[^A-Za-z0-9._-]+", "_", options.pretrained.strip("/")))
     else:
         directory = os.path.join(options.workdir, "samples")
+    # Class-conditional runs: the --label / --guidance asked for, so other scales do not overwrite it.
+    conditioning = ("" if options.label is None else f"_label{options.label}") + (
+        "" if options.guidance is None else f"_g{options.guidance:g}")
     if options.mode in DEFAULT_STEP_COUNTS:   # these modes use a list of step counts, and eta = 0
-        return os.path.join(directory, f"{options.mode}_{spec.skip}_seed{options.seed}.png")
+        return os.path.join(directory, f"{options.mode}_{spec.skip}{conditioning}_seed{options.seed}.png")
     variance = "sigmahat" if spec.sigma_hat else f"eta{spec.eta:g}"
     solver = "" if spec.solver == "ddim" else f"_{spec.solver}"
-    return os.path.join(directory,
-                        f"{options.mode}_{spec.skip}_S{spec.steps}_{variance}{solver}_seed{options.seed}.png")
+    return os.path.join(directory, f"{options.mode}_{spec.skip}_S{spec.steps}_{variance}{solver}{conditioning}"
+                                   f"_seed{options.seed}.png")
 
 
 def run(options: SampleOptions) -> Any:
@@ -175,14 +205,19 @@ def run(options: SampleOptions) -> Any:
     else:
         loaded = load_run(options.workdir, use_ema=options.use_ema)
     spec = resolve_spec(options, loaded)
+    label, guidance = resolve_conditioning(options, loaded)
     num = resolve_num(options, loaded)
     batch_size = options.batch_size or int(loaded.defaults.get("batch_size", DEFAULT_BATCH_SIZE))
     out = options.out or default_out(options, spec)
     if jax.process_index() == 0:
         print(f"{options.mode}: {loaded.description}; S={spec.steps} skip={spec.skip} solver={spec.solver} "
               f"{'sigma_hat' if spec.sigma_hat else f'eta={spec.eta:g}'} clip_x0={spec.clip_x0} "
-              f"seed={options.seed} on {jax.local_device_count()} device(s) x {jax.process_count()} process(es)")
+              f"seed={options.seed}"
+              + (f" label={'real' if label is None else label} guidance={guidance:g}" if loaded.num_classes else "")
+              + f" on {jax.local_device_count()} device(s) x {jax.process_count()} process(es)")
     common = dict(num=num, batch_size=batch_size, seed=options.seed, out=out, progress=options.progress)
+    if loaded.num_classes:
+        common.update(label=label, guidance=guidance)
     if options.mode == "samples":
         return run_samples(loaded, spec, **common)
     if options.mode == "interpolate":

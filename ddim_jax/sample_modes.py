@@ -10,6 +10,10 @@
 - ``consistency`` (:func:`run_consistency`): the same x_T decoded with several S (Fig. 5).
 
 Images are NHWC float32 in [-1, 1] inside, uint8 [N, H, W, C] on disk.
+
+Class-conditional models take ``label`` (``"all"``: image / row / code ``i`` of class ``i mod K``;
+an int: every image of that class; ``reconstruct`` defaults to the real images' labels) and a
+classifier-free ``guidance`` scale (``ddim_jax/guidance.py``); unconditional ones take neither.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from ddim_jax.batching import BatchedSampler, Progress
+from ddim_jax.guidance import labels_for
 from ddim_jax.images import make_grid, save_npz, save_png, to_uint8
 from ddim_jax.input_pipeline import load_eval_images
 from ddim_jax.loading import LoadedModel
@@ -51,8 +56,25 @@ def write_images(out: str, images: np.ndarray, ncols: int | None = None, **extra
     return [out]
 
 
+def class_rows(images: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, int]:
+    """``(images, ncols)`` for a grid with one row per class present (in class order; short rows
+    padded with black cells)."""
+    present = [c for c in range(num_classes + 1) if np.any(labels == c)]
+    ncols = max(int(np.sum(labels == c)) for c in present)
+    rows = []
+    for c in present:
+        row = images[labels == c]
+        rows.append(np.concatenate([row, np.zeros((ncols - len(row),) + images.shape[1:], images.dtype)]))
+    return np.concatenate(rows), ncols
+
+
+def _labels(loaded: LoadedModel, num: int, label: str | int | None, start: int = 0) -> np.ndarray | None:
+    return None if label is None else labels_for(num, label, loaded.num_classes, start=start)
+
+
 def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size: int, seed: int,
-                out: str, progress: bool = True, mesh: Mesh | None = None) -> np.ndarray | None:
+                out: str, progress: bool = True, mesh: Mesh | None = None, label: str | int | None = None,
+                guidance: float = 1.0) -> np.ndarray | None:
     """Exactly ``num`` uint8 samples [num, H, W, C], written to ``out``; resumable.
 
     Image i comes from its own keys (:func:`ddim_jax.shards.image_keys`: its x_T and, for eta > 0,
@@ -60,7 +82,8 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
     number of devices or the number of processes. Shard i holds images ``i * batch_size ..``;
     shards already on disk (from an interrupted run with the same settings) are reused. Under
     ``jax.distributed`` process p samples shards p, p + P, ... into the shared shard directory and
-    process 0 assembles ``out``.
+    process 0 assembles ``out``. With ``label`` (class-conditional models) image ``i`` gets
+    ``labels_for(.., label, K)[i]``, and a ``label="all"`` grid has one class per row.
 
     Returns:
       The images on process 0 (``None`` on the others).
@@ -75,6 +98,8 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
         "seed": seed,
         "shard_size": batch_size,
     }
+    if label is not None:
+        meta.update(label=str(label), guidance=float(guidance))
     process, process_count = jax.process_index(), jax.process_count()
     if process == 0:
         prepare_shard_dir(shard_dir, meta)
@@ -92,7 +117,9 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
                 start = index * batch_size
                 count = min(batch_size, num - start)
                 code_keys, noise_keys = image_keys(seed, start, count)
-                x0 = sampler.decode_batch(codes_for(code_keys, loaded.image_shape), seq, spec, noise_keys)
+                labels = _labels(loaded, count, label, start=start)
+                x0 = sampler.decode_batch(codes_for(code_keys, loaded.image_shape), seq, spec, noise_keys,
+                                          labels, guidance)
                 save_npz(shard_path(shard_dir, index), images=to_uint8(x0))
                 bar.update(count)
         finally:
@@ -106,12 +133,17 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
             shards.append(shard["images"])
     images = np.concatenate(shards)
     written = []
+    labels = _labels(loaded, num, label)
+    extra = {} if labels is None else {"labels": labels}
     if out.endswith(".npz"):
-        written += write_images(out, images)
+        written += write_images(out, images, **extra)
     else:
-        written += write_images(out, images[:GRID_MAX_IMAGES])
+        shown, ncols = images[:GRID_MAX_IMAGES], None
+        if label == "all":
+            shown, ncols = class_rows(shown, labels[:GRID_MAX_IMAGES], loaded.num_classes)
+        written += write_images(out, shown, ncols=ncols)
         if num > GRID_MAX_IMAGES:
-            written += write_images(os.path.splitext(out)[0] + ".npz", images)
+            written += write_images(os.path.splitext(out)[0] + ".npz", images, **extra)
     shutil.rmtree(shard_dir)
     report_written(written, images.shape)
     return images
@@ -135,8 +167,9 @@ def interpolation_codes(key: jax.Array, num_pairs: int, points: int, image_shape
 
 def run_interpolate(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size: int, seed: int,
                     out: str, progress: bool = True, points: int = INTERPOLATION_POINTS,
-                    mesh: Mesh | None = None) -> np.ndarray:
-    """``num`` rows of ``points`` images each, decoded from slerped codes (paper Fig. 6)."""
+                    mesh: Mesh | None = None, label: str | int | None = None, guidance: float = 1.0) -> np.ndarray:
+    """``num`` rows of ``points`` images each, decoded from slerped codes (paper Fig. 6); with
+    ``label``, row ``i`` has label ``labels_for(num, label, K)[i]``."""
     seq = loaded.timesteps(spec.steps, spec.skip)
     code_key, noise_key = jax.random.split(jax.random.key(seed))
     codes = interpolation_codes(code_key, num, points, loaded.image_shape)
@@ -144,7 +177,9 @@ def run_interpolate(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
     sampler = BatchedSampler(loaded, batch_size, mesh, num_images=flat.shape[0])
     bar = Progress(-(-flat.shape[0] // sampler.batch_size), f"interpolating S={spec.steps}", progress)
     try:
-        images = to_uint8(sampler.decode(flat, seq, spec, noise_key, bar))
+        row_labels = _labels(loaded, num, label)
+        labels = None if row_labels is None else np.repeat(row_labels, points)
+        images = to_uint8(sampler.decode(flat, seq, spec, noise_key, bar, labels, guidance))
     finally:
         bar.close()
     written = write_images(out, images, ncols=points)
@@ -161,19 +196,27 @@ def reconstruction_mse(x0: np.ndarray, reconstruction: np.ndarray) -> float:
 
 def run_reconstruct(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size: int, seed: int,
                     out: str, step_counts: Sequence[int], progress: bool = True,
-                    mesh: Mesh | None = None) -> dict[int, float]:
+                    mesh: Mesh | None = None, label: str | int | None = None,
+                    guidance: float = 1.0) -> dict[int, float]:
     """Encode ``num`` real images and decode them for each S; returns {S: MSE on [0, 1]} (Table 2).
 
     Decoding inverts the encoder exactly only when both run the same deterministic update, and
     ``encode`` never clips x0_hat, so the decoder here never clips either (``spec.clip_x0`` is
     ignored; ``sample.py`` refuses ``--clip`` for this mode). The grid has one row per image: the
-    original, then its reconstruction at each S.
+    original, then its reconstruction at each S. A class-conditional model encodes and decodes each
+    image with its real label, or with ``label`` when given (``"all"``: image ``i`` as class
+    ``i mod K``), at the same ``guidance``.
     """
     spec = dataclasses.replace(spec, clip_x0=False)
     if loaded.config is None:
         raise SampleError("--mode=reconstruct needs a run config that names the dataset; use --workdir")
     try:
-        x0 = np.asarray(load_eval_images(loaded.config, num, seed=seed), np.float32)
+        if loaded.num_classes:
+            x0, labels = load_eval_images(loaded.config, num, seed=seed, with_labels=True)
+            labels = labels if label is None else _labels(loaded, num, label)
+        else:
+            x0, labels = load_eval_images(loaded.config, num, seed=seed), None
+        x0 = np.asarray(x0, np.float32)
     except ValueError as error:  # unprepared dataset, too few images: the message says which
         raise SampleError(f"cannot load {num} real images of {loaded.config.data.name!r}: {error}") from error
     if x0.shape[1:] != tuple(loaded.image_shape):
@@ -186,9 +229,9 @@ def run_reconstruct(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
     try:
         for count in step_counts:
             seq = loaded.timesteps(count, spec.skip)
-            codes = sampler.encode(x0, seq, bar)
+            codes = sampler.encode(x0, seq, bar, labels, guidance)
             decoded = sampler.decode(codes, seq, dataclasses.replace(spec, steps=count),
-                                     jax.random.key(seed), bar)
+                                     jax.random.key(seed), bar, labels, guidance)
             mse[count] = reconstruction_mse(x0, decoded)
             columns.append(decoded)
     finally:
@@ -210,19 +253,21 @@ def run_reconstruct(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
 
 def run_consistency(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size: int, seed: int,
                     out: str, step_counts: Sequence[int], progress: bool = True,
-                    mesh: Mesh | None = None) -> np.ndarray:
-    """The same ``num`` codes x_T decoded with each S, one row per code (paper Fig. 5)."""
+                    mesh: Mesh | None = None, label: str | int | None = None, guidance: float = 1.0) -> np.ndarray:
+    """The same ``num`` codes x_T decoded with each S, one row per code (paper Fig. 5); with
+    ``label``, code ``i`` has label ``labels_for(num, label, K)[i]``."""
     code_key, noise_key = jax.random.split(jax.random.key(seed))
     codes = np.asarray(jax.random.normal(code_key, (num,) + tuple(loaded.image_shape), jnp.float32))
     sampler = BatchedSampler(loaded, batch_size, mesh, num_images=num)
     batches = -(-num // sampler.batch_size)
     bar = Progress(batches * len(step_counts), "decoding", progress)
     columns = []
+    labels = _labels(loaded, num, label)
     try:
         for count in step_counts:
             seq = loaded.timesteps(count, spec.skip)
             columns.append(to_uint8(sampler.decode(codes, seq, dataclasses.replace(spec, steps=count),
-                                                   noise_key, bar)))
+                                                   noise_key, bar, labels, guidance)))
     finally:
         bar.close()
     images = np.stack(columns, axis=1).reshape((-1,) + tuple(loaded.image_shape))

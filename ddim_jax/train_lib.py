@@ -52,6 +52,7 @@ __all__ = [
     "NonFiniteLossError",
     "sample_training_timesteps",
     "l_simple_loss",
+    "drop_labels",
     "make_train_step",
     "jitted_init",
     "jitted_train_step",
@@ -73,8 +74,24 @@ def sample_training_timesteps(key: jax.Array, batch: int, num_timesteps: int) ->
     return jax.random.randint(key, (batch,), 0, num_timesteps, dtype=jnp.int32)
 
 
+# fold_in constant of the label-dropout key: the keys of t, eps and dropout (split(key, 3)) stay what
+# they are without labels.
+_LABEL_DROPOUT_FOLD = 0x1AB3
+
+
+def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
+    """Classifier-free guidance training: each label becomes ``null_label`` with probability ``rate``.
+
+    ``key`` is the step's key (the labels' own key is ``fold_in(key, const)``), so a resumed run
+    drops the same labels.
+    """
+    drop = jax.random.uniform(jax.random.fold_in(key, _LABEL_DROPOUT_FOLD), labels.shape) < rate
+    return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
+
+
 def l_simple_loss(params: Any, apply_fn: Callable, x0: jax.Array, key: jax.Array,
-                  alphas_cumprod: jax.Array) -> jax.Array:
+                  alphas_cumprod: jax.Array, labels: jax.Array | None = None, *, label_dropout: float = 0.0,
+                  null_label: int | None = None) -> jax.Array:
     """L_simple (DDPM Eq. 14 / DDIM's shared surrogate objective) on one batch.
 
     Args:
@@ -84,6 +101,8 @@ def l_simple_loss(params: Any, apply_fn: Callable, x0: jax.Array, key: jax.Array
       x0: data [B, H, W, C] in [-1, 1].
       key: PRNG key for t, eps and dropout.
       alphas_cumprod: [T].
+      labels: class-conditional models: int32 [B], passed as ``apply_fn(..., dropout_key, labels)``
+        after :func:`drop_labels` with ``label_dropout`` and ``null_label``.
 
     Returns:
       scalar: mean over batch and pixels of (eps - eps_theta(x_t, t))^2.
@@ -93,12 +112,17 @@ def l_simple_loss(params: Any, apply_fn: Callable, x0: jax.Array, key: jax.Array
     t = sample_training_timesteps(t_key, batch, alphas_cumprod.shape[0])
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = forward_marginal(x0, t, noise, alphas_cumprod)  # paper Eq. 4
-    eps_pred = apply_fn(x_t, t, params, dropout_key)
+    if labels is None:
+        eps_pred = apply_fn(x_t, t, params, dropout_key)
+    else:
+        labels = drop_labels(key, labels, label_dropout, null_label)
+        eps_pred = apply_fn(x_t, t, params, dropout_key, labels)
     return jnp.mean(jnp.square(noise - eps_pred))
 
 
 def make_train_step(config: ml_collections.ConfigDict) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
-    """The (un-jitted) train step ``(state, batch [B, H, W, C]) -> (state, metrics)``.
+    """The (un-jitted) train step ``(state, batch [B, H, W, C]) -> (state, metrics)``; a
+    class-conditional config's batch is ``(images, labels int32 [B])``.
 
     Metrics are device scalars: ``loss``, ``grad_norm`` (before clipping) and ``finite``
     (loss and gradient norm are finite). Nothing is fetched to the host here.
@@ -108,10 +132,14 @@ def make_train_step(config: ml_collections.ConfigDict) -> Callable[[TrainState, 
     alphas_cumprod = make_alphas_cumprod(config.diffusion)
     ema_decay = config.training.ema_decay
     apply_fn = functools.partial(apply_model, model)
+    num_classes = model.num_classes
+    label_dropout = float(config.training.label_dropout)
 
-    def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(state.rng, state.step)
-        loss, grads = jax.value_and_grad(l_simple_loss)(state.params, apply_fn, batch, key, alphas_cumprod)
+        images, labels = batch if num_classes else (batch, None)
+        loss, grads = jax.value_and_grad(l_simple_loss)(state.params, apply_fn, images, key, alphas_cumprod, labels,
+                                                        label_dropout=label_dropout, null_label=num_classes)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = ema_update(state.ema_params, params, ema_decay)
@@ -266,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         window_start, window_step = time.perf_counter(), start_step
         for step in range(start_step, training.num_train_steps):
             local_batch = next(batches)
-            batch = jax.make_array_from_process_local_data(data_sharding, local_batch)
+            batch = jax.tree.map(lambda a: jax.make_array_from_process_local_data(data_sharding, a), local_batch)
             state, metrics = train_step(state, batch)
             pending.append((step, metrics))
             done = step + 1
@@ -355,9 +383,13 @@ class _GridSampler:
         self.key = jax.device_put(np.asarray(jax.random.PRNGKey(config.training.seed + 2)), replicated)
         self.clip_x0 = config.sampling.clip_x0
         self.rederive_eps = config.sampling.rederive_eps
+        # Class-conditional runs: grid image i is of class i mod K (plain conditional, no guidance).
+        num_classes = config.model.num_classes
+        self.labels = ((jax.device_put(np.arange(config.training.num_grid_samples, dtype=np.int32) % num_classes,
+                                       replicated),) if num_classes else ())
 
     def __call__(self, ema_params: Any) -> np.ndarray:
         x0 = sample(self.eps_fn, self.x_T, self.seq, self.alphas_cumprod, self.eta,
-                    self.key if self.eta > 0 else None, eps_fn_args=(ema_params,), clip_x0=self.clip_x0,
-                    rederive_eps=self.rederive_eps, solver=self.solver)
+                    self.key if self.eta > 0 else None, eps_fn_args=(ema_params, *self.labels),
+                    clip_x0=self.clip_x0, rederive_eps=self.rederive_eps, solver=self.solver)
         return _host_value(x0)

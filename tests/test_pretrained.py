@@ -76,6 +76,39 @@ def small(tmp_path_factory):
     return _save(tmp_path_factory.mktemp("pretrained"), "small", SMALL_DDPM)
 
 
+def test_class_conditional_unet_matches_pytorch_for_every_label(tmp_path):
+    """num_class_embeds=N (class_embed_type None) -> num_classes = N - 1, diffusers' last row the null class."""
+    torch_model, directory = _save(tmp_path, "cond", dict(SMALL_DDPM, num_class_embeds=4), seed=3)
+    with torch.no_grad():  # diffusers' nn.Embedding starts N(0, 1); make the rows clearly different anyway
+        torch_model.class_embedding.weight.mul_(3.0)
+    torch_model.save_pretrained(directory)
+    model, variables = load_diffusers_unet(directory)
+    assert model.num_classes == 3
+    assert sum(leaf.size for leaf in jax.tree.leaves(variables)) == sum(p.numel() for p in torch_model.parameters())
+    np.testing.assert_array_equal(variables["params"]["class_embedding"]["embedding"],
+                                  torch_model.class_embedding.weight.detach().numpy())
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 16, 16, 3)).astype(np.float32)
+    t = np.array([0, 250, 600, 999], np.int32)
+    labels = np.array([0, 1, 2, 3], np.int32)  # 3 = the null class (diffusers' last row)
+    got = np.asarray(jax.jit(model.apply)(variables, x, t, labels))
+    with torch.no_grad():
+        want = torch_model(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t).long(),
+                           class_labels=torch.from_numpy(labels).long()).sample.numpy().transpose(0, 2, 3, 1)
+    assert _rel_err(got, want) < 1e-5
+    other = np.asarray(jax.jit(model.apply)(variables, x, t, labels[::-1].copy()))
+    assert _rel_err(other, want) > 1e-3  # the labels matter, so the comparison above can fail
+    assert _rel_err(np.asarray(model.apply(variables, x, t)), _torch_forward_labels(torch_model, x, t, 3)) < 1e-5
+
+
+def _torch_forward_labels(model, x_nhwc, t, label):
+    labels = torch.full((x_nhwc.shape[0],), label, dtype=torch.long)
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.asarray(x_nhwc).transpose(0, 3, 1, 2)), torch.from_numpy(np.asarray(t)).long(),
+                    class_labels=labels)
+    return out.sample.numpy().transpose(0, 2, 3, 1)
+
+
 @pytest.mark.parametrize("layout", [SMALL_DDPM, SMALL_DIFFUSERS_DEFAULTS], ids=["ddpm", "diffusers_defaults"])
 def test_small_layouts_match_pytorch(tmp_path, layout):
     torch_model, directory = _save(tmp_path, "m", layout)
@@ -269,7 +302,7 @@ def test_weight_mismatches_are_named(tmp_path, small):
         ({"up_block_types": ["AttnUpBlock2D", "SkipUpBlock2D"]}, "SkipUpBlock2D"),
         ({"time_embedding_type": "fourier"}, "time_embedding_type='fourier'"),
         ({"class_embed_type": "timestep"}, "class_embed_type='timestep'"),
-        ({"num_class_embeds": 10}, "num_class_embeds=10"),
+        ({"num_class_embeds": 1}, "num_class_embeds=1"),
         ({"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift='scale_shift'"),
         ({"some_future_option": 1}, "unsupported UNet2DModel config keys: some_future_option"),
         ({"_class_name": "UNet2DConditionModel"}, "UNet2DConditionModel"),

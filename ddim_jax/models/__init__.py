@@ -1,7 +1,9 @@
 """Network architectures: the DDPM UNet that DDIM samples from, and the one calling convention.
 
 Every noise network here is called as ``apply_model(model, x, t, params)``:
-``x [B, H, W, C]`` float, ``t`` int32 ``[B]`` -> ``[B, H, W, C]``; training adds ``dropout_key``.
+``x [B, H, W, C]`` float, ``t`` int32 ``[B]`` -> ``[B, H, W, C]``; training adds ``dropout_key``,
+and a class-conditional model (``num_classes > 0``) takes ``labels`` int32 ``[B]`` (``num_classes``
+is the null class; ``None`` means the null class for all).
 """
 
 import functools
@@ -18,22 +20,34 @@ __all__ = ["UNet", "UNetConfigError", "create_model", "apply_model", "eps_fn_for
            "timestep_embedding"]
 
 
-def apply_model(model: nn.Module, x: Any, t: Any, params: Any, dropout_key: Any = None) -> Any:
-    """eps_theta(x, t): x [B, H, W, C], t int32 [B] -> [B, H, W, C]; dropout on iff ``dropout_key``."""
+def apply_model(model: nn.Module, x: Any, t: Any, params: Any, dropout_key: Any = None, labels: Any = None) -> Any:
+    """eps_theta(x, t[, labels]): x [B, H, W, C], t int32 [B] -> [B, H, W, C]; dropout on iff ``dropout_key``.
+
+    ``labels`` (int32 [B]) only for class-conditional models; unconditional calls never pass it.
+    """
+    extra = () if labels is None else (labels,)
     if dropout_key is None:
-        return model.apply({"params": params}, x, t)
-    return model.apply({"params": params}, x, t, train=True, rngs={"dropout": dropout_key})
+        return model.apply({"params": params}, x, t, *extra)
+    return model.apply({"params": params}, x, t, *extra, train=True, rngs={"dropout": dropout_key})
+
+
+def _eps(model: nn.Module, x: Any, t: Any, params: Any, labels: Any = None) -> Any:
+    return apply_model(model, x, t, params, labels=labels)
 
 
 @functools.cache
 def eps_fn_for(model: nn.Module) -> Callable[..., Any]:
     """``eps_fn(x, t, params)`` for ``sample(..., eps_fn_args=(params,))``, one per architecture.
 
+    A class-conditional model also takes ``eps_fn(x, t, params, labels)``
+    (``eps_fn_args=(params, labels)``); for classifier-free guidance wrap it with
+    :func:`ddim_jax.guidance.guided_eps_fn`.
+
     ``sample`` / ``encode`` treat their eps function as static; linen modules hash by their
     fields, so the same architecture gets the same function object and every batch and every new
     set of params reuse one compilation.
     """
-    return functools.partial(apply_model, model)
+    return functools.partial(_eps, model)
 
 
 def abstract_params(model: nn.Module, image_shape: Sequence[int]) -> Any:

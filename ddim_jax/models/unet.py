@@ -275,6 +275,10 @@ class UNet(nn.Module):
         :func:`timestep_embedding`).
       downsample_padding: 0 (DDPM: pad bottom/right) or 1 (pad all sides) for conv downsampling.
       attn_head_dim: channels per attention head; ``None`` is a single head (DDPM).
+      num_classes: 0 (unconditional: no class parameters at all) or the number of classes K of a
+        class-conditional model: an embedding table ``class_embedding`` of ``K + 1`` rows (row K
+        is the "null" class of classifier-free guidance) whose row for each label is added to the
+        time embedding (after its MLP), as in ADM and diffusers' ``UNet2DModel(num_class_embeds=...)``.
     """
 
     ch: int = 128
@@ -290,18 +294,23 @@ class UNet(nn.Module):
     freq_shift: float = 1.0
     downsample_padding: int = 0
     attn_head_dim: int | None = None
+    num_classes: int = 0
 
     def __post_init__(self):
         _validate_hparams(self)
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None,
+                 train: bool = False) -> jax.Array:
         """Predict the noise (or whatever the model was trained to output).
 
         Args:
           x: ``[B, H, W, C]`` float, ``H == W`` divisible by ``2 ** (len(ch_mult) - 1)``.
           t: ``[B]`` timesteps (integers in ``0 .. T-1``), or a scalar used for every example.
+          labels: class-conditional models only: int ``[B]`` (or a scalar) in ``0 .. num_classes``,
+            where ``num_classes`` is the null class; ``None`` is the null class for every example.
+            An unconditional model refuses labels.
           train: enable dropout (needs ``rngs={"dropout": key}``).
 
         Returns:
@@ -310,6 +319,8 @@ class UNet(nn.Module):
         x = jnp.asarray(x)
         t = jnp.asarray(t)
         _validate_inputs(x, t, len(self.ch_mult))
+        if labels is not None:
+            _validate_labels(jnp.asarray(labels), x.shape[0])
         batch, size = x.shape[0], x.shape[1]
         t = jnp.broadcast_to(t, (batch,))
         x = x.astype(jnp.float32)
@@ -317,6 +328,14 @@ class UNet(nn.Module):
 
         temb = timestep_embedding(t, self.ch, flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift)
         temb = TimestepEmbedding(temb_dim, name="time_embedding")(temb)
+        if self.num_classes > 0:
+            labels = jnp.full((batch,), self.num_classes, jnp.int32) if labels is None else labels
+            labels = jnp.broadcast_to(jnp.asarray(labels), (batch,))
+            # Row num_classes is the null class; nn.Embedding's N(0, 1) init, as ADM and diffusers.
+            temb = temb + nn.Embed(self.num_classes + 1, temb_dim, embedding_init=nn.initializers.normal(1.0),
+                                   name="class_embedding")(labels)
+        elif labels is not None:
+            raise ValueError("labels given to an unconditional UNet (num_classes=0)")
 
         common = dict(num_groups=self.num_groups, norm_eps=self.norm_eps, dropout=self.dropout)
         h = _conv3x3(self.ch, "conv_in")(x)
@@ -393,6 +412,8 @@ def _validate_hparams(model: UNet) -> None:
                                                    f"{channels} channels")
     if model.attn_head_dim is not None and model.attn_head_dim < 1:
         raise UNetConfigError("attn_head_dim", f"must be positive or None, got {model.attn_head_dim}")
+    if model.num_classes < 0:
+        raise UNetConfigError("num_classes", f"must be >= 0 (0 = unconditional), got {model.num_classes}")
     if model.downsample_padding not in (0, 1):
         raise UNetConfigError("downsample_padding", f"must be 0 or 1, got {model.downsample_padding}")
 
@@ -411,6 +432,13 @@ def _validate_inputs(x: jax.Array, t: jax.Array, num_levels: int) -> None:
         raise ValueError(f"UNet timesteps t must have shape [B]=({batch},) or be a scalar, got shape {t.shape}")
     if not (jnp.issubdtype(t.dtype, jnp.integer) or jnp.issubdtype(t.dtype, jnp.floating)):
         raise ValueError(f"UNet timesteps t must be integer (or float), got dtype {t.dtype}")
+
+
+def _validate_labels(labels: jax.Array, batch: int) -> None:
+    if labels.shape not in ((), (batch,)):
+        raise ValueError(f"UNet labels must have shape [B]=({batch},) or be a scalar, got shape {labels.shape}")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"UNet labels must be integers, got dtype {labels.dtype}")
 
 
 def create_model(config: Any) -> UNet:

@@ -1,6 +1,15 @@
 """Mapping a diffusers ``UNet2DModel`` onto the Flax UNet: its config onto the UNet's keyword
 arguments, and its state dict onto the Flax params (NCHW / [out, in] -> NHWC / [in, out]).
 
+Class-conditional checkpoints (``num_class_embeds=N``, ``class_embed_type=None``: an ``N``-row
+``nn.Embedding`` added to the time embedding) become ``UNet(num_classes=N - 1)``: our table has one
+row per class plus the null class as its LAST row, and diffusers' has no declared null row, so
+its last row is read as the null class. The forward pass is identical for every label
+``0 .. N-1``; classifier-free guidance (``--guidance`` other than 1) only makes sense for a
+checkpoint that was trained with its last class as the dropped label, as ours are (a model
+exported from this project has ``num_class_embeds = num_classes + 1``). For a checkpoint trained
+without one, sample with ``--guidance 1`` and labels ``0 .. N-2``.
+
 Every mismatch (unknown config option or block type, missing / unexpected / wrongly shaped
 weights) raises :class:`PretrainedError` naming the offending entries: nothing is skipped and no
 parameter is left at its random initial value.
@@ -108,9 +117,13 @@ def unet_kwargs_from_diffusers_config(raw_config: Mapping[str, Any]) -> dict[str
     _require_value(config, "resnet_time_scale_shift", ("default",))
     _require_value(config, "add_attention", (True,))
     _require_value(config, "downsample_padding", (0, 1))
-    for key in ("class_embed_type", "num_class_embeds"):
-        if config[key] is not None:
-            raise PretrainedError(f"unsupported UNet2DModel config: {key}={config[key]!r} (class conditioning)")
+    if config["class_embed_type"] is not None:
+        raise PretrainedError(f"unsupported UNet2DModel config: class_embed_type={config['class_embed_type']!r} "
+                              "(only None: an nn.Embedding of num_class_embeds rows)")
+    num_class_embeds = config["num_class_embeds"]
+    if num_class_embeds is not None and int(num_class_embeds) < 2:
+        raise PretrainedError(f"unsupported UNet2DModel config: num_class_embeds={num_class_embeds} (need at least "
+                              "2: the classes and, as the last row, the null class of classifier-free guidance)")
 
     down, up = list(config["down_block_types"]), list(config["up_block_types"])
     bad = [b for b in down if b not in _DOWN_BLOCKS] + [b for b in up if b not in _UP_BLOCKS]
@@ -168,6 +181,7 @@ def unet_kwargs_from_diffusers_config(raw_config: Mapping[str, Any]) -> dict[str
         freq_shift=float(config["freq_shift"]),
         downsample_padding=int(config["downsample_padding"]),
         attn_head_dim=None if config["attention_head_dim"] is None else int(config["attention_head_dim"]),
+        num_classes=0 if num_class_embeds is None else int(num_class_embeds) - 1,
         sample_size=sample_size,
         in_channels=int(config["in_channels"]),
     )
@@ -180,11 +194,13 @@ def unet_kwargs_from_diffusers_config(raw_config: Mapping[str, Any]) -> dict[str
 
 def _diffusers_name(flax_path: tuple[str, ...]) -> str:
     modules = [_LIST_MODULE.sub(r"\1.\2", name) for name in flax_path[:-1]]
-    leaf = {"kernel": "weight", "scale": "weight", "bias": "bias"}[flax_path[-1]]
+    leaf = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "weight"}[flax_path[-1]]
     return ".".join(modules + [leaf])
 
 
-def _to_torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+def _to_torch_shape(shape: tuple[int, ...], embedding: bool = False) -> tuple[int, ...]:
+    if embedding:  # nn.Embed [rows, dim] is nn.Embedding's layout
+        return tuple(shape)
     if len(shape) == 4:  # conv kernel: Flax [kh, kw, in, out] <- PyTorch [out, in, kh, kw]
         return (shape[3], shape[2], shape[0], shape[1])
     if len(shape) == 2:  # dense kernel: Flax [in, out] <- PyTorch [out, in]
@@ -192,7 +208,9 @@ def _to_torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _to_flax(array: np.ndarray) -> np.ndarray:
+def _to_flax(array: np.ndarray, embedding: bool = False) -> np.ndarray:
+    if embedding:
+        return array
     if array.ndim == 4:
         return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
     if array.ndim == 2:
@@ -232,10 +250,11 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model: UNet, sample_size
     state = _rename_legacy_attention(dict(state))
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
+    torch_shapes = {name: _to_torch_shape(shape, path[-1] == "embedding") for name, (path, shape) in expected.items()}
     wrong = sorted(
-        f"{name} (checkpoint {tuple(state[name].shape)}, model expects {_to_torch_shape(shape)})"
-        for name, (_, shape) in expected.items()
-        if name in state and tuple(state[name].shape) != _to_torch_shape(shape)
+        f"{name} (checkpoint {tuple(state[name].shape)}, model expects {torch_shape})"
+        for name, torch_shape in torch_shapes.items()
+        if name in state and tuple(state[name].shape) != torch_shape
     )
     problems = []
     if missing:
@@ -247,7 +266,7 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model: UNet, sample_size
     if problems:
         raise PretrainedError("checkpoint does not match the UNet its config describes; " + "; ".join(problems))
 
-    flat = {flax_path: _to_flax(state[name]) for name, (flax_path, _) in expected.items()}
+    flat = {flax_path: _to_flax(state[name], flax_path[-1] == "embedding") for name, (flax_path, _) in expected.items()}
     params: dict = {}
     for flax_path, value in flat.items():
         node = params
