@@ -6,6 +6,7 @@ r"""Measure sample quality the way the paper does: its Table 1 (quality against 
   python evaluate.py --eta 0,0.2,0.5,1 --sigma_hat --steps 10,20,50,100       # all of Table 1's rows
   python evaluate.py --solver ddim,dpmpp_2m,unipc --skip logsnr --steps 5,10,20
   python evaluate.py --seeds 0,1,2                                            # mean +- std over seeds
+  python evaluate.py --workdir runs/digits_cond --guidance 0,1,2,4 --steps 20  # accuracy + fd_digits per scale
 
 Axes are comma lists; every (skip, solver, eta, S, seed) cell samples exactly --num images through
 the code sample.py uses (resumable shards, the same images for a seed whatever the batch size,
@@ -49,6 +50,8 @@ flags.DEFINE_integer("batch_size", None, "Images per sampling batch (default: th
 flags.DEFINE_bool("clip", False, "Clip predicted x0 to [-1, 1] (the authors' DDIM sampler does not).")
 flags.DEFINE_bool("ema", True, "Evaluate the EMA params (--noema: the raw params).")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_list("guidance", None, "Class-conditional runs: classifier-free guidance scales (rows; default 1). "
+                  "Image i is of class i mod K; the digits metric then also reports accuracy.")
 distributed.define_flags()
 
 DEFAULT_NUM = {"inception": 50_000, "digits": 2_000}
@@ -78,8 +81,15 @@ def run() -> list[dict]:
     dataset = loaded.config.data.name if loaded.config is not None else None
     metrics = FLAGS.metric or (["digits"] if dataset == "digits" else ["fid"])
     skips = FLAGS.skip or [str(loaded.defaults.get("skip", "uniform"))]
+    if loaded.num_classes:
+        guidances = _floats("guidance", FLAGS.guidance) if FLAGS.guidance else [1.0]
+    elif FLAGS.guidance:
+        raise SampleError(f"--guidance needs a class-conditional model; {loaded.description} is unconditional")
+    else:
+        guidances = [None]
     cells = evaluation.make_cells(steps=steps, etas=etas, skips=skips, solvers=FLAGS.solver, seeds=seeds,
-                                  sigma_hat=FLAGS.sigma_hat, clip_x0=FLAGS.clip, num_timesteps=loaded.num_timesteps)
+                                  sigma_hat=FLAGS.sigma_hat, clip_x0=FLAGS.clip, num_timesteps=loaded.num_timesteps,
+                                  guidances=guidances)
     setup = evaluation.prepare_metrics(metrics, image_shape=loaded.image_shape, inception_weights=FLAGS.inception,
                                        ref_stats=FLAGS.ref_stats, resize=FLAGS.resize)
     only_digits = all(metric == "digits" for metric in setup.metrics)

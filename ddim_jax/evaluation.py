@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ddim_jax.guidance import labels_for
 from ddim_jax.images import save_json
 from ddim_jax.loading import LoadedModel
 from ddim_jax.metrics import (
@@ -57,22 +58,27 @@ TABLE_FILE = "table.json"
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One entry of the table: how the images are sampled (``spec``) and from which seed."""
+    """One entry of the table: how the images are sampled (``spec``), from which seed, and for a
+    class-conditional model the classifier-free guidance scale (``None``: unconditional model).
+    Conditional cells sample every class equally (image i of class i mod K)."""
 
     spec: SamplerSpec
     seed: int
+    guidance: float | None = None
 
     @property
     def name(self) -> str:
         variance = "sigmahat" if self.spec.sigma_hat else f"eta{self.spec.eta:g}"
-        return f"{self.spec.skip}_{self.spec.solver}_S{self.spec.steps}_{variance}_seed{self.seed}"
+        guided = "" if self.guidance is None else f"_g{self.guidance:g}"
+        return f"{self.spec.skip}_{self.spec.solver}_S{self.spec.steps}_{variance}{guided}_seed{self.seed}"
 
     def matches(self, record: Mapping[str, Any], num: int) -> bool:
         spec = self.spec
         return (record.get("skip") == spec.skip and record.get("solver") == spec.solver
                 and record.get("steps") == spec.steps and record.get("eta") == spec.eta
                 and record.get("sigma_hat") == spec.sigma_hat and record.get("clip_x0") == spec.clip_x0
-                and record.get("seed") == self.seed and record.get("num") == num)
+                and record.get("seed") == self.seed and record.get("num") == num
+                and record.get("guidance") == self.guidance)
 
 
 @dataclasses.dataclass
@@ -89,10 +95,12 @@ class MetricSetup:
 
 
 def make_cells(*, steps: Sequence[int], etas: Sequence[float], skips: Sequence[str], solvers: Sequence[str],
-               seeds: Sequence[int], sigma_hat: bool, clip_x0: bool, num_timesteps: int) -> list[Cell]:
-    """Every (skip, solver, eta, S, seed) combination, validated; eta > 0 only with the ddim solver.
-
-    With ``sigma_hat`` the ddim rows get the paper's sigma-hat row besides the eta rows.
+               seeds: Sequence[int], sigma_hat: bool, clip_x0: bool, num_timesteps: int,
+               guidances: Sequence[float | None] = (None,)) -> list[Cell]:
+    """Every (skip, solver, eta, S, guidance, seed) combination, validated; eta > 0 only with the
+    ddim solver. With ``sigma_hat`` the ddim rows get the paper's sigma-hat row besides the eta rows.
+    ``guidances`` are the classifier-free guidance scales of a class-conditional model (``None``
+    for an unconditional one).
     """
     cells = []
     for skip in skips:
@@ -107,7 +115,8 @@ def make_cells(*, steps: Sequence[int], etas: Sequence[float], skips: Sequence[s
                     spec = SamplerSpec(steps=int(num_steps), eta=eta, sigma_hat=use_sigma_hat, skip=skip,
                                        clip_x0=clip_x0, solver=solver)
                     validate_spec(spec, num_timesteps)
-                    cells.extend(Cell(spec, int(seed)) for seed in seeds)
+                    cells.extend(Cell(spec, int(seed), None if guidance is None else float(guidance))
+                                 for guidance in guidances for seed in seeds)
     return cells
 
 
@@ -193,17 +202,24 @@ def evaluate_cell(loaded: LoadedModel, cell: Cell, setup: MetricSetup, *, num: i
     Returns the cell's record on process 0 (``None`` on the other processes of a multi-process run).
     """
     out = os.path.join(out_dir, "samples", f"{cell.name}.npz")
+    conditioning = {} if cell.guidance is None else {"label": "all", "guidance": cell.guidance}
     start = time.perf_counter()
     images = run_samples(loaded, cell.spec, num=num, batch_size=batch_size, seed=cell.seed, out=out,
-                         progress=progress)
+                         progress=progress, **conditioning)
     seconds = time.perf_counter() - start
     if images is None:
         return None
     record: dict[str, Any] = {**dataclasses.asdict(cell.spec), "num": num, "seed": cell.seed,
-                              "source": loaded.description, "samples": out,
+                              "guidance": cell.guidance, "source": loaded.description, "samples": out,
                               "sample_seconds": seconds, "images_per_second": num / max(seconds, 1e-9)}
-    record.update(measure(images, setup))
+    labels = None if cell.guidance is None else labels_for(num, "all", loaded.num_classes)
+    record.update(measure(images, setup, labels))
     return record
+
+
+def _row(record: Mapping[str, Any]) -> tuple[str, str, float | None]:
+    """(solver, eta or "sigma-hat", guidance): the row a record belongs to."""
+    return (record["solver"], "sigma-hat" if record["sigma_hat"] else f"{record['eta']:g}", record.get("guidance"))
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -213,8 +229,8 @@ def _fmt(values: Sequence[float]) -> str:
 
 
 def markdown_table(records: Sequence[Mapping[str, Any]], metric_key: str) -> str:
-    """Rows (solver, eta), columns S, one block per spacing, like the paper's Table 1; several seeds
-    give mean ± standard deviation."""
+    """Rows (solver, eta[, guidance]), columns S, one block per spacing, like the paper's Table 1;
+    several seeds give mean ± standard deviation."""
     lines = []
     for skip in sorted({record["skip"] for record in records}):
         rows = [record for record in records if record["skip"] == skip and metric_key in record]
@@ -223,16 +239,18 @@ def markdown_table(records: Sequence[Mapping[str, Any]], metric_key: str) -> str
         steps = sorted({record["steps"] for record in rows})
         lines.append(f"**{metric_key}**, spacing `{skip}`, N = {sorted({r['num'] for r in rows})}")
         lines.append("")
-        lines.append("| solver | eta | " + " | ".join(f"S = {s}" for s in steps) + " |")
-        lines.append("|---|---|" + "---|" * len(steps))
-        variants = sorted({(r["solver"], "sigma-hat" if r["sigma_hat"] else f"{r['eta']:g}") for r in rows})
-        for solver, variance in variants:
+        guided = any(r.get("guidance") is not None for r in rows)
+        row_names = ["solver", "eta"] + (["guidance"] if guided else [])
+        lines.append("| " + " | ".join(row_names + [f"S = {s}" for s in steps]) + " |")
+        lines.append("|" + "---|" * (len(row_names) + len(steps)))
+        for solver, variance, guidance in sorted({_row(r) for r in rows}, key=lambda v: (v[0], v[1], v[2] or 0)):
             cells = []
             for num_steps in steps:
-                values = [r[metric_key] for r in rows if r["solver"] == solver and r["steps"] == num_steps
-                          and ("sigma-hat" if r["sigma_hat"] else f"{r['eta']:g}") == variance]
+                values = [r[metric_key] for r in rows
+                          if _row(r) == (solver, variance, guidance) and r["steps"] == num_steps]
                 cells.append(_fmt(values) if values else "")
-            lines.append(f"| {solver} | {variance} | " + " | ".join(cells) + " |")
+            label = f"{solver} | {variance} | " + (f"{guidance:g} | " if guided else "")
+            lines.append(f"| {label}" + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -248,14 +266,15 @@ def plot_metric(records: Sequence[Mapping[str, Any]], metric_key: str, path: str
     if not rows:
         return
     figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
-    groups = sorted({(r["skip"], r["solver"], "sigma-hat" if r["sigma_hat"] else f"eta={r['eta']:g}") for r in rows})
-    for skip, solver, variance in groups:
-        members = [r for r in rows if (r["skip"], r["solver"],
-                                       "sigma-hat" if r["sigma_hat"] else f"eta={r['eta']:g}") == (skip, solver,
-                                                                                                   variance)]
+    def group(record):
+        solver, variance, guidance = _row(record)
+        return (record["skip"], solver, variance, "" if guidance is None else f"s={guidance:g}")
+
+    for key in sorted({group(r) for r in rows}):
+        members = [r for r in rows if group(r) == key]
         steps = sorted({r["steps"] for r in members})
         means = [np.mean([r[metric_key] for r in members if r["steps"] == s]) for s in steps]
-        axis.plot(steps, means, marker="o", label=f"{skip} {solver} {variance}")
+        axis.plot(steps, means, marker="o", label=" ".join(part for part in key if part))
     axis.set_xscale("log")
     axis.set_xlabel("S (sampling steps)")
     axis.set_ylabel(metric_key)
@@ -269,11 +288,43 @@ def plot_metric(records: Sequence[Mapping[str, Any]], metric_key: str, path: str
     os.replace(temporary, path)
 
 
+def plot_tradeoff(records: Sequence[Mapping[str, Any]], path: str) -> bool:
+    """The FID-vs-IS trade-off of classifier-free guidance: one point per scale, one line per S.
+    Returns whether there was anything to draw."""
+    rows = [r for r in records if r.get("guidance") is not None and "fid" in r and "is" in r]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
+    for num_steps in sorted({r["steps"] for r in rows}):
+        members = sorted((r for r in rows if r["steps"] == num_steps), key=lambda r: r["guidance"])
+        axis.plot([r["is"] for r in members], [r["fid"] for r in members], marker="o", label=f"S = {num_steps}")
+        for r in members:
+            axis.annotate(f"s={r['guidance']:g}", (r["is"], r["fid"]), fontsize=7)
+    axis.set_xlabel("Inception Score")
+    axis.set_ylabel("FID")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    temporary = f"{path}.tmp-{os.getpid()}.png"
+    figure.savefig(temporary)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return True
+
+
 def write_table(records: Sequence[Mapping[str, Any]], out_dir: str, metrics: Sequence[str]) -> list[str]:
-    """``table.json``, ``table.md`` and one ``<metric>.png`` per metric key; returns the paths."""
+    """``table.json``, ``table.md``, one ``<metric>.png`` per metric key and, for guided FID + IS
+    records, ``fid_vs_is.png``; returns the paths."""
     save_json(os.path.join(out_dir, TABLE_FILE), list(records))
     keys = [key for metric in metrics for key in METRIC_KEYS[metric]
             if not key.endswith("_std") and key != "confidence"] + (["confidence"] if "digits" in metrics else [])
+    if any("accuracy" in record for record in records):
+        keys.append("accuracy")
     markdown = "\n".join(markdown_table(records, key) for key in keys)
     markdown_path = os.path.join(out_dir, "table.md")
     with open(markdown_path + ".tmp", "w") as handle:
@@ -284,4 +335,7 @@ def write_table(records: Sequence[Mapping[str, Any]], out_dir: str, metrics: Seq
         path = os.path.join(out_dir, f"{key}.png")
         plot_metric(records, key, path)
         paths.append(path)
+    tradeoff = os.path.join(out_dir, "fid_vs_is.png")
+    if plot_tradeoff(records, tradeoff):
+        paths.append(tradeoff)
     return paths

@@ -145,3 +145,38 @@ def test_prepare_metrics_checks_before_sampling(tmp_path):
                                   seeds=[0, 1], sigma_hat=True, clip_x0=False, num_timesteps=1000)
     # ddim: eta 0, eta 1, sigma-hat; unipc: eta 0 only -> 4 variants x 2 S x 2 seeds
     assert len(cells) == 16 and len({cell.name for cell in cells}) == 16
+    guided = evaluation.make_cells(steps=[20], etas=[0], skips=["uniform"], solvers=["ddim"], seeds=[0],
+                                   sigma_hat=False, clip_x0=False, num_timesteps=1000, guidances=[0, 1, 4])
+    assert [cell.guidance for cell in guided] == [0.0, 1.0, 4.0]
+    records = [dict(skip="uniform", solver="ddim", eta=0.0, sigma_hat=False, steps=20, num=10, seed=0,
+                    guidance=scale, accuracy=0.1 * scale) for scale in (0.0, 1.0, 4.0)]
+    table = evaluation.markdown_table(records, "accuracy").splitlines()
+    assert table[2] == "| solver | eta | guidance | S = 20 |"
+    assert table[4:7] == ["| ddim | 0 | 0 | 0 |", "| ddim | 0 | 1 | 0.1 |", "| ddim | 0 | 4 | 0.4 |"]
+
+
+def test_guidance_axis_reports_accuracy_for_a_conditional_model(tmp_path):
+    """A class-conditional run: one cell per guidance scale, labels i mod K, digits accuracy recorded."""
+    import jax
+
+    import configs.tiny_cond
+    from ddim_jax.checkpointing import export_workdir
+    from ddim_jax.models import abstract_params, create_model
+    from ddim_jax.train_state import image_shape
+
+    config = configs.tiny_cond.get_config()
+    shapes = abstract_params(create_model(config), image_shape(config))
+    params = jax.tree.map(lambda leaf: np.full(leaf.shape, 0.02, np.float32), shapes)
+    export_workdir(str(tmp_path / "run"), config, params)
+    loaded = loading.load_run(str(tmp_path / "run"))
+    setup = evaluation.prepare_metrics(["digits"], image_shape=loaded.image_shape, inception_weights=None,
+                                       ref_stats=None)
+    cells = evaluation.make_cells(steps=[2], etas=[0], skips=["uniform"], solvers=["ddim"], seeds=[0],
+                                  sigma_hat=False, clip_x0=False, num_timesteps=loaded.num_timesteps,
+                                  guidances=[0, 2])
+    records = [evaluation.evaluate_cell(loaded, cell, setup, num=10, batch_size=10, out_dir=str(tmp_path / "eval"),
+                                        progress=False) for cell in cells]
+    assert [record["guidance"] for record in records] == [0.0, 2.0]
+    for record in records:
+        assert 0.0 <= record["accuracy"] <= 1.0 and record["fd_digits"] > 0
+        np.testing.assert_array_equal(np.load(record["samples"])["labels"], np.arange(10) % 10)
