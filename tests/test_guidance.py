@@ -311,6 +311,7 @@ def test_tfds_pipelines_yield_the_label_feature(name):
     tfds = pytest.importorskip("tensorflow_datasets")
     config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
     config.training.batch_size = 4
+    config.data.num_workers = 0  # mock data is patched into this process only
     with tfds.testing.mock_data(num_examples=10):
         images, labels = next(input_pipeline.train_batches(config))
         raw = input_pipeline.open_source(config, "train")
