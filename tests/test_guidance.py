@@ -304,3 +304,20 @@ def test_unconditional_run_refuses_label_with_one_line_exit_1(tmp_path):
 
 def test_unet_dataclass_field():
     assert UNet().num_classes == 0
+
+
+@pytest.mark.parametrize("name", ["mnist_cond", "cifar10_cond"])
+def test_tfds_pipelines_yield_the_label_feature(name):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = __import__(f"configs.{name}", fromlist=["get_config"]).get_config()
+    config.training.batch_size = 4
+    config.data.num_workers = 0  # mock data is patched into this process only
+    with tfds.testing.mock_data(num_examples=10):
+        images, labels = next(input_pipeline.train_batches(config))
+        raw = input_pipeline.open_source(config, "train")
+        pairs = [raw[i] for i in range(len(raw))]
+        plain = input_pipeline.open_source(config, "train", with_labels=False)[0]
+    expected = [int(label) for _, label in pairs]
+    assert images.shape[0] == 4 and labels.shape == (4,) and labels.dtype == np.int32
+    assert set(labels.tolist()) <= set(expected) and all(0 <= v < K for v in expected)
+    np.testing.assert_array_equal(plain, pairs[0][0])  # the same record, with or without its label
