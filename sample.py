@@ -46,6 +46,8 @@ flags.DEFINE_bool("clip", None, "Clip predicted x0 to [-1, 1] (default: the run'
 flags.DEFINE_list("step_counts", None,
                   "Step counts for reconstruct / consistency (default 10,20,50,100[,1000], clipped to T).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_string("precision", None, "Network compute precision, fp32 or bf16 (default: the run's "
+                    "config.model.dtype); x_T and the sampler state stay float32.")
 
 
 _NEGATED_BOOL = re.compile(r"^no[_-]")
@@ -103,6 +105,7 @@ def main(argv):
         clip_x0=FLAGS.clip,
         step_counts=step_counts,
         progress=FLAGS.progress,
+        precision=FLAGS.precision,
     )
     try:
         sample_lib.run(options)

@@ -2,6 +2,7 @@
 
     python train.py --config configs/digits.py --workdir runs/digits
     python train.py --config configs/cifar10.py --workdir runs/cifar10 --config.training.batch_size=64
+    python train.py --config configs/cifar10.py --workdir runs/cifar10_bf16 --precision bf16
 
 Running the same command again resumes from the latest complete checkpoint in the workdir.
 
@@ -21,7 +22,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ddim_jax import checkpointing, config_utils, input_pipeline, train_lib
+from ddim_jax import checkpointing, config_utils, input_pipeline, precision, train_lib
 
 FLAGS = flags.FLAGS
 
@@ -32,6 +33,8 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a 
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 flags.DEFINE_bool("verbose", False, "Also show library (orbax, grain) INFO logs.")
+flags.DEFINE_string("precision", None, "fp32 or bf16 (mixed: float32 params, optimizer state, EMA and loss); "
+                    "sets config.model.dtype (default: the config's).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors that mean "the user asked for something impossible", not "the code is wrong".
@@ -69,6 +72,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _setup_logging(FLAGS.verbose)
+    if FLAGS.precision is not None:
+        try:
+            FLAGS.config.model.dtype = precision.parse_precision(FLAGS.precision)
+        except precision.PrecisionError as err:
+            print(f"train.py: error: {err}", file=sys.stderr)
+            sys.exit(1)
     try:
         _init_distributed()
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)

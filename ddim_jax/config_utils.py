@@ -88,6 +88,9 @@ def default_config() -> ml_collections.ConfigDict:
     model.freq_shift = 1.0
     model.downsample_padding = 0
     model.attn_head_dim = ml_collections.config_dict.placeholder(int)  # None: one attention head
+    # Computation dtype, "float32" or "bfloat16" (train.py / sample.py --precision fp32|bf16 set it);
+    # params, optimizer state, EMA and the loss stay float32 either way.
+    model.dtype = "float32"
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
     diffusion.beta_schedule = "linear"

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 
 from ddim_jax.loading import LoadedModel, load_pretrained, load_run
+from ddim_jax.precision import PRECISIONS, with_precision
 from ddim_jax.sample_modes import run_consistency, run_interpolate, run_reconstruct, run_samples
 from ddim_jax.sample_spec import SKIP_KINDS, SampleError, SamplerSpec, validate_spec
 
@@ -49,6 +50,7 @@ class SampleOptions:
     clip_x0: bool | None = None
     step_counts: Sequence[int] | None = None
     progress: bool = True
+    precision: str | None = None  # "fp32" | "bf16": the network's compute dtype (None: the run's)
 
 
 def _validate_options(options: SampleOptions) -> None:
@@ -78,6 +80,8 @@ def _validate_options(options: SampleOptions) -> None:
         raise SampleError(f"--eta must be in [0, 1] (0 = DDIM, 1 = DDPM), got {options.eta}")
     if options.steps is not None and options.steps < 1:
         raise SampleError(f"--steps must be at least 1, got {options.steps}")
+    if options.precision is not None and options.precision not in PRECISIONS:
+        raise SampleError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
     if options.skip is not None and options.skip not in SKIP_KINDS:
         raise SampleError(f"unknown --skip={options.skip!r}; choose one of {', '.join(SKIP_KINDS)}")
 
@@ -164,6 +168,7 @@ def run(options: SampleOptions) -> Any:
         loaded = load_pretrained(options.pretrained, with_run_config=options.mode == "reconstruct")
     else:
         loaded = load_run(options.workdir, use_ema=options.use_ema)
+    loaded = dataclasses.replace(loaded, model=with_precision(loaded.model, options.precision))
     spec = resolve_spec(options, loaded)
     num = resolve_num(options, loaded)
     batch_size = options.batch_size or int(loaded.defaults.get("batch_size", DEFAULT_BATCH_SIZE))

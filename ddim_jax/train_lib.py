@@ -94,7 +94,8 @@ def l_simple_loss(params: Any, apply_fn: Callable, x0: jax.Array, key: jax.Array
     noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
     x_t = forward_marginal(x0, t, noise, alphas_cumprod)  # paper Eq. 4
     eps_pred = apply_fn(x_t, t, params, dropout_key)
-    return jnp.mean(jnp.square(noise - eps_pred))
+    # The reduction is float32 whatever the network computes in (a bf16 UNet returns float32).
+    return jnp.mean(jnp.square(noise.astype(jnp.float32) - eps_pred.astype(jnp.float32)))
 
 
 def make_train_step(config: ml_collections.ConfigDict) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
