@@ -18,7 +18,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   nvidia-smi -L
   "$PYTHON" -m pip install -q -e ".[dev,cuda12]"
   if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
-    "$PYTHON" -m pip install -q --force-reinstall --no-deps torch --index-url "$TORCH_INDEX_URL"
+    "$PYTHON" -m pip install -q --force-reinstall --no-deps "torch==$("$PYTHON" -c "import torch; print(torch.__version__.split('+')[0])")" --index-url "$TORCH_INDEX_URL"
   fi
   "$PYTHON" -c "import jax; assert jax.default_backend() == 'gpu', jax.devices(); print('jax devices:', jax.devices())"
   exec "$PYTHON" -m benchmarks.bench_gpu "$@"
