@@ -134,7 +134,7 @@ def main():
         theirs = 1.0 / results["torch"]["step_s"] if "torch" in results else float("nan")
         size, channels = config.data.image_size, config.data.channels
         print(f"{name:<22}{num_params:>12,}{config.training.batch_size:>7}{f'{size}x{size}x{channels}':>9}"
-              f"{results['ours']['first_s']:>11.1f}{ours:>13.2f}{theirs:>14.2f}{ours / theirs:>10.2f}x", flush=True)
+              f"{results['ours']['first_s']:>11.1f}{ours:>13.3g}{theirs:>14.3g}{ours / theirs:>10.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 
 import configs.tiny
 from ddim_jax import precision, sample_lib, train_lib, train_state
-from ddim_jax.models import UNet, abstract_params
+from ddim_jax.models import UNet, abstract_params, create_model
 from ddim_jax.sample_spec import SampleError
 
 TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4, out_ch=1, dropout=0.0)
@@ -67,8 +67,13 @@ def test_compute_dtype_reaches_the_convolutions():
 def test_bf16_training_step_keeps_float32_params_optimizer_state_and_ema():
     config = configs.tiny.get_config()
     config.model.dtype = "bfloat16"
-    state = train_state.create_train_state(config)
-    batch = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)
+    config.optim.warmup_steps = 0  # with warmup, the first step's learning rate is 0
+    # Params from their shapes (no init program to compile); values do not matter here.
+    shapes = abstract_params(create_model(config), train_state.image_shape(config))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda leaf: (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32), shapes)
+    state = train_state.state_from_params(config, params)
+    batch = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
     step = train_lib.make_train_step(config)
     assert "bf16" in str(jax.make_jaxpr(step)(state, batch))  # the network does run in bf16
     new_state, metrics = jax.jit(step)(state, batch)
@@ -95,7 +100,7 @@ def test_sample_precision_clones_the_model(monkeypatch):
     from ddim_jax.loading import LoadedModel
 
     model = UNet(**TINY)
-    loaded = LoadedModel(model=model, params={"p": 1}, alphas_cumprod=jnp.linspace(0.99, 0.01, 10),
+    loaded = LoadedModel(model=model, params={"p": 1}, alphas_cumprod=jnp.linspace(0.999, 0.01, 1000),
                          image_shape=(8, 8, 1))
     seen = []
     monkeypatch.setattr(sample_lib, "load_run", lambda *args, **kwargs: loaded)
