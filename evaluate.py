@@ -16,6 +16,7 @@ skips the cells already measured. The paper's settings are the defaults: EMA par
 (``--clip`` turns it on), exactly N images. User errors print one line and exit 1.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -25,6 +26,7 @@ from ddim_jax import distributed, evaluation
 from ddim_jax.command_line import normalize_argv
 from ddim_jax.loading import load_pretrained, load_run
 from ddim_jax.metrics import RESIZE_MODES
+from ddim_jax.precision import PrecisionError, with_precision
 from ddim_jax.sample_spec import SampleError
 from ddim_jax.solvers import SOLVERS
 
@@ -50,6 +52,8 @@ flags.DEFINE_integer("batch_size", None, "Images per sampling batch (default: th
 flags.DEFINE_bool("clip", False, "Clip predicted x0 to [-1, 1] (the authors' DDIM sampler does not).")
 flags.DEFINE_bool("ema", True, "Evaluate the EMA params (--noema: the raw params).")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_string("precision", None, "Network compute precision, fp32 or bf16 (default: the run's "
+                    "config.model.dtype); recorded in each record.")
 flags.DEFINE_list("guidance", None, "Class-conditional runs: classifier-free guidance scales (rows; default 1). "
                   "Image i is of class i mod K; the digits metric then also reports accuracy.")
 distributed.define_flags()
@@ -78,6 +82,10 @@ def run() -> list[dict]:
     seeds = _ints("seeds", FLAGS.seeds) if FLAGS.seeds else [FLAGS.seed]
     loaded = (load_pretrained(FLAGS.pretrained) if FLAGS.pretrained
               else load_run(FLAGS.workdir, use_ema=FLAGS.ema))
+    try:
+        loaded = dataclasses.replace(loaded, model=with_precision(loaded.model, FLAGS.precision))
+    except PrecisionError as error:
+        raise SampleError(str(error)) from None
     dataset = loaded.config.data.name if loaded.config is not None else None
     metrics = FLAGS.metric or (["digits"] if dataset == "digits" else ["fid"])
     skips = FLAGS.skip or [str(loaded.defaults.get("skip", "uniform"))]
@@ -109,7 +117,8 @@ def run() -> list[dict]:
         print(f"evaluate: {loaded.description}; {len(cells)} cell(s) x {num} images; "
               f"metrics {','.join(setup.metrics)}; out {out_dir}")
     for cell in cells:
-        if any(cell.matches(record, num) for record in records):
+        dtype = str(getattr(loaded.model, "dtype", "float32"))
+        if any(cell.matches(record, num) and cell.matches_model(record, dtype) for record in records):
             if lead:
                 print(f"{cell.name}: already in {evaluation.TABLE_FILE}, skipped")
             continue

@@ -55,6 +55,8 @@ flags.DEFINE_string("label", None,
 flags.DEFINE_float("guidance", None,
                    "Classifier-free guidance scale s for class-conditional models: 0 = unconditional, "
                    "1 = conditional (default), > 1 guided.")
+flags.DEFINE_string("precision", None, "Network compute precision, fp32 or bf16 (default: the run's "
+                    "config.model.dtype); x_T and the sampler state stay float32.")
 
 
 
@@ -90,6 +92,7 @@ def main(argv):
         solver=FLAGS.solver,
         label=FLAGS.label,
         guidance=FLAGS.guidance,
+        precision=FLAGS.precision,
     )
     try:
         distributed.initialize(FLAGS)

@@ -2,6 +2,7 @@
 
     python train.py --config configs/digits.py --workdir runs/digits
     python train.py --config configs/cifar10.py --workdir runs/cifar10 --config.training.batch_size=64
+    python train.py --config configs/cifar10.py --workdir runs/cifar10_bf16 --precision bf16
 
 Running the same command again resumes from the latest complete checkpoint in the workdir.
 
@@ -20,7 +21,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ddim_jax import checkpointing, config_utils, distributed, input_pipeline, train_lib
+from ddim_jax import checkpointing, config_utils, distributed, input_pipeline, precision, train_lib
 
 FLAGS = flags.FLAGS
 
@@ -28,6 +29,8 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and sample grids.")
 distributed.define_flags()
 flags.DEFINE_bool("verbose", False, "Also show library (orbax, grain) INFO logs.")
+flags.DEFINE_string("precision", None, "fp32 or bf16 (mixed: float32 params, optimizer state, EMA and loss); "
+                    "sets config.model.dtype (default: the config's).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors that mean "the user asked for something impossible", not "the code is wrong".
@@ -55,6 +58,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _setup_logging(FLAGS.verbose)
+    if FLAGS.precision is not None:
+        try:
+            FLAGS.config.model.dtype = precision.parse_precision(FLAGS.precision)
+        except precision.PrecisionError as err:
+            print(f"train.py: error: {err}", file=sys.stderr)
+            sys.exit(1)
     try:
         distributed.initialize(FLAGS)
         train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -93,6 +93,9 @@ def default_config() -> ml_collections.ConfigDict:
     model.downsample_padding = 0
     model.attn_head_dim = ml_collections.config_dict.placeholder(int)  # None: one attention head
     model.num_classes = 0  # 0: unconditional; K > 0: class-conditional on the dataset's K labels
+    # Computation dtype, "float32" or "bfloat16" (train.py / sample.py --precision fp32|bf16 set it);
+    # params, optimizer state, EMA and the loss stay float32 either way.
+    model.dtype = "float32"
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
     diffusion.beta_schedule = "linear"

@@ -80,6 +80,10 @@ class Cell:
                 and record.get("seed") == self.seed and record.get("num") == num
                 and record.get("guidance") == self.guidance)
 
+    def matches_model(self, record: Mapping[str, Any], dtype: str) -> bool:
+        """Also the same network precision (a bf16 evaluation does not reuse fp32 records)."""
+        return record.get("dtype", "float32") == dtype
+
 
 @dataclasses.dataclass
 class MetricSetup:
@@ -210,7 +214,8 @@ def evaluate_cell(loaded: LoadedModel, cell: Cell, setup: MetricSetup, *, num: i
     if images is None:
         return None
     record: dict[str, Any] = {**dataclasses.asdict(cell.spec), "num": num, "seed": cell.seed,
-                              "guidance": cell.guidance, "source": loaded.description, "samples": out,
+                              "guidance": cell.guidance, "dtype": str(getattr(loaded.model, "dtype", "float32")),
+                              "source": loaded.description, "samples": out,
                               "sample_seconds": seconds, "images_per_second": num / max(seconds, 1e-9)}
     labels = None if cell.guidance is None else labels_for(num, "all", loaded.num_classes)
     record.update(measure(images, setup, labels))

@@ -20,6 +20,7 @@ import jax
 
 from ddim_jax.guidance import parse_label
 from ddim_jax.loading import LoadedModel, load_pretrained, load_run
+from ddim_jax.precision import PRECISIONS, with_precision
 from ddim_jax.sample_modes import run_consistency, run_interpolate, run_reconstruct, run_samples
 from ddim_jax.sample_spec import SKIP_KINDS, SampleError, SamplerSpec, validate_spec
 
@@ -56,6 +57,7 @@ class SampleOptions:
     # None; and the classifier-free guidance scale (default 1: plain conditional).
     label: str | int | None = None
     guidance: float | None = None
+    precision: str | None = None  # "fp32" | "bf16": the network's compute dtype (None: the run's)
 
 
 def _validate_options(options: SampleOptions) -> None:
@@ -90,6 +92,8 @@ def _validate_options(options: SampleOptions) -> None:
     if options.guidance is not None and not (math.isfinite(options.guidance) and options.guidance >= 0):
         raise SampleError(f"--guidance must be a finite number >= 0 (0 = unconditional, 1 = conditional), "
                           f"got {options.guidance}")
+    if options.precision is not None and options.precision not in PRECISIONS:
+        raise SampleError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
     if options.skip is not None and options.skip not in SKIP_KINDS:
         raise SampleError(f"unknown --skip={options.skip!r}; choose one of {', '.join(SKIP_KINDS)}")
 
@@ -204,6 +208,7 @@ def run(options: SampleOptions) -> Any:
         loaded = load_pretrained(options.pretrained, with_run_config=options.mode == "reconstruct")
     else:
         loaded = load_run(options.workdir, use_ema=options.use_ema)
+    loaded = dataclasses.replace(loaded, model=with_precision(loaded.model, options.precision))
     spec = resolve_spec(options, loaded)
     label, guidance = resolve_conditioning(options, loaded)
     num = resolve_num(options, loaded)

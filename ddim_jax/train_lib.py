@@ -117,7 +117,8 @@ def l_simple_loss(params: Any, apply_fn: Callable, x0: jax.Array, key: jax.Array
     else:
         labels = drop_labels(key, labels, label_dropout, null_label)
         eps_pred = apply_fn(x_t, t, params, dropout_key, labels)
-    return jnp.mean(jnp.square(noise - eps_pred))
+    # The reduction is float32 whatever the network computes in (a bf16 UNet returns float32).
+    return jnp.mean(jnp.square(noise.astype(jnp.float32) - eps_pred.astype(jnp.float32)))
 
 
 def make_train_step(config: ml_collections.ConfigDict) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:

@@ -23,6 +23,7 @@ so that :mod:`ddim_jax.pretrained` maps published weights one to one.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +36,9 @@ import numpy as np
 # DDPM initialises with variance scaling (fan_avg, uniform); the layers that end a residual branch
 # (a residual block's conv2, the attention output projection) and the output conv start near zero.
 _NEAR_ZERO_SCALE = 1e-10
+
+# The computation dtypes of ``UNet.dtype`` (a string, so that it is a plain config value).
+DTYPES = ("float32", "bfloat16")
 
 
 def _init(scale: float = 1.0):
@@ -79,25 +83,27 @@ def timestep_embedding(
     return emb
 
 
-def _group_norm(num_groups: int, eps: float, name: str) -> nn.GroupNorm:
-    # Two-pass variance (as PyTorch computes it) rather than E[x^2] - E[x]^2.
-    return nn.GroupNorm(num_groups=num_groups, epsilon=eps, use_fast_variance=False, name=name)
+def _group_norm(num_groups: int, eps: float, name: str, dtype: Any = jnp.float32) -> nn.GroupNorm:
+    # Two-pass variance (as PyTorch computes it) rather than E[x^2] - E[x]^2. Flax computes the
+    # statistics in float32 whatever ``dtype`` is; only the normalised output is cast to it.
+    return nn.GroupNorm(num_groups=num_groups, epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
 
 
-def _conv3x3(features: int, name: str, scale: float = 1.0) -> nn.Conv:
-    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_init(scale), name=name)
+def _conv3x3(features: int, name: str, scale: float = 1.0, dtype: Any = jnp.float32) -> nn.Conv:
+    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_init(scale), dtype=dtype, name=name)
 
 
 class TimestepEmbedding(nn.Module):
     """``linear_2(swish(linear_1(emb)))``: ``[B, ch] -> [B, 4 ch]``."""
 
     features: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, emb: jax.Array) -> jax.Array:
-        emb = nn.Dense(self.features, kernel_init=_init(), name="linear_1")(emb)
+        emb = nn.Dense(self.features, kernel_init=_init(), dtype=self.dtype, name="linear_1")(emb)
         emb = nn.swish(emb)
-        return nn.Dense(self.features, kernel_init=_init(), name="linear_2")(emb)
+        return nn.Dense(self.features, kernel_init=_init(), dtype=self.dtype, name="linear_2")(emb)
 
 
 class ResnetBlock(nn.Module):
@@ -107,19 +113,20 @@ class ResnetBlock(nn.Module):
     num_groups: int
     norm_eps: float
     dropout: float
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
-        h = nn.swish(_group_norm(self.num_groups, self.norm_eps, "norm1")(x))
-        h = _conv3x3(self.out_ch, "conv1")(h)
-        h = h + nn.Dense(self.out_ch, kernel_init=_init(), name="time_emb_proj")(nn.swish(temb))[
+        h = nn.swish(_group_norm(self.num_groups, self.norm_eps, "norm1", self.dtype)(x))
+        h = _conv3x3(self.out_ch, "conv1", dtype=self.dtype)(h)
+        h = h + nn.Dense(self.out_ch, kernel_init=_init(), dtype=self.dtype, name="time_emb_proj")(nn.swish(temb))[
             :, None, None, :
         ]
-        h = nn.swish(_group_norm(self.num_groups, self.norm_eps, "norm2")(h))
+        h = nn.swish(_group_norm(self.num_groups, self.norm_eps, "norm2", self.dtype)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = _conv3x3(self.out_ch, "conv2", scale=_NEAR_ZERO_SCALE)(h)
+        h = _conv3x3(self.out_ch, "conv2", scale=_NEAR_ZERO_SCALE, dtype=self.dtype)(h)
         if x.shape[-1] != self.out_ch:
-            x = nn.Conv(self.out_ch, (1, 1), kernel_init=_init(), name="conv_shortcut")(x)
+            x = nn.Conv(self.out_ch, (1, 1), kernel_init=_init(), dtype=self.dtype, name="conv_shortcut")(x)
         return x + h
 
 
@@ -133,6 +140,7 @@ class AttentionBlock(nn.Module):
     num_groups: int
     norm_eps: float
     head_dim: int | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -141,16 +149,17 @@ class AttentionBlock(nn.Module):
         if channels % head_dim:
             raise ValueError(f"attention head_dim={head_dim} does not divide the {channels} channels")
         num_heads = channels // head_dim
-        h = _group_norm(self.num_groups, self.norm_eps, "group_norm")(x)
+        h = _group_norm(self.num_groups, self.norm_eps, "group_norm", self.dtype)(x)
         h = h.reshape(batch, height * width, channels)
         q, k, v = (
-            nn.Dense(channels, kernel_init=_init(), name=n)(h).reshape(batch, -1, num_heads, head_dim)
+            nn.Dense(channels, kernel_init=_init(), dtype=self.dtype, name=n)(h).reshape(batch, -1, num_heads, head_dim)
             for n in ("to_q", "to_k", "to_v")
         )
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
+        # Logits accumulate and the softmax runs in float32 whatever the compute dtype.
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
         h = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, height * width, channels)
-        h = nn.Dense(channels, kernel_init=_init(_NEAR_ZERO_SCALE), name="to_out_0")(h)
+        h = nn.Dense(channels, kernel_init=_init(_NEAR_ZERO_SCALE), dtype=self.dtype, name="to_out_0")(h)
         return x + h.reshape(batch, height, width, channels)
 
 
@@ -163,25 +172,28 @@ class Downsample(nn.Module):
 
     with_conv: bool
     padding: int = 0
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if not self.with_conv:
             return nn.avg_pool(x, (2, 2), strides=(2, 2))
         pad = ((0, 1), (0, 1)) if self.padding == 0 else ((self.padding,) * 2,) * 2
-        return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=pad, kernel_init=_init(), name="conv")(x)
+        return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding=pad, kernel_init=_init(), dtype=self.dtype,
+                       name="conv")(x)
 
 
 class Upsample(nn.Module):
     """Double H and W by nearest-neighbour repetition, then a 3x3 conv if ``with_conv``."""
 
     with_conv: bool
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
         if self.with_conv:
-            x = _conv3x3(x.shape[-1], "conv")(x)
+            x = _conv3x3(x.shape[-1], "conv", dtype=self.dtype)(x)
         return x
 
 
@@ -198,19 +210,22 @@ class DownBlock(nn.Module):
     attn_head_dim: int | None
     resamp_with_conv: bool
     downsample_padding: int
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, temb, train):
         skips = []
         for i in range(self.num_res_blocks):
-            x = ResnetBlock(self.out_ch, self.num_groups, self.norm_eps, self.dropout, name=f"resnets_{i}")(
+            x = ResnetBlock(self.out_ch, self.num_groups, self.norm_eps, self.dropout, self.dtype,
+                            name=f"resnets_{i}")(
                 x, temb, train
             )
             if self.use_attention:
-                x = AttentionBlock(self.num_groups, self.norm_eps, self.attn_head_dim, name=f"attentions_{i}")(x)
+                x = AttentionBlock(self.num_groups, self.norm_eps, self.attn_head_dim, self.dtype,
+                                   name=f"attentions_{i}")(x)
             skips.append(x)
         if self.add_downsample:
-            x = Downsample(self.resamp_with_conv, self.downsample_padding, name="downsamplers_0")(x)
+            x = Downsample(self.resamp_with_conv, self.downsample_padding, self.dtype, name="downsamplers_0")(x)
             skips.append(x)
         return x, skips
 
@@ -227,18 +242,21 @@ class UpBlock(nn.Module):
     dropout: float
     attn_head_dim: int | None
     resamp_with_conv: bool
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, skips, temb, train):
         for i in range(self.num_res_blocks + 1):
             x = jnp.concatenate([x, skips.pop()], axis=-1)
-            x = ResnetBlock(self.out_ch, self.num_groups, self.norm_eps, self.dropout, name=f"resnets_{i}")(
+            x = ResnetBlock(self.out_ch, self.num_groups, self.norm_eps, self.dropout, self.dtype,
+                            name=f"resnets_{i}")(
                 x, temb, train
             )
             if self.use_attention:
-                x = AttentionBlock(self.num_groups, self.norm_eps, self.attn_head_dim, name=f"attentions_{i}")(x)
+                x = AttentionBlock(self.num_groups, self.norm_eps, self.attn_head_dim, self.dtype,
+                                   name=f"attentions_{i}")(x)
         if self.add_upsample:
-            x = Upsample(self.resamp_with_conv, name="upsamplers_0")(x)
+            x = Upsample(self.resamp_with_conv, self.dtype, name="upsamplers_0")(x)
         return x
 
 
@@ -249,13 +267,15 @@ class MidBlock(nn.Module):
     norm_eps: float
     dropout: float
     attn_head_dim: int | None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, temb, train):
         channels = x.shape[-1]
-        x = ResnetBlock(channels, self.num_groups, self.norm_eps, self.dropout, name="resnets_0")(x, temb, train)
-        x = AttentionBlock(self.num_groups, self.norm_eps, self.attn_head_dim, name="attentions_0")(x)
-        return ResnetBlock(channels, self.num_groups, self.norm_eps, self.dropout, name="resnets_1")(x, temb, train)
+        block = functools.partial(ResnetBlock, channels, self.num_groups, self.norm_eps, self.dropout, self.dtype)
+        x = block(name="resnets_0")(x, temb, train)
+        x = AttentionBlock(self.num_groups, self.norm_eps, self.attn_head_dim, self.dtype, name="attentions_0")(x)
+        return block(name="resnets_1")(x, temb, train)
 
 
 class UNet(nn.Module):
@@ -279,6 +299,10 @@ class UNet(nn.Module):
         class-conditional model: an embedding table ``class_embedding`` of ``K + 1`` rows (row K
         is the "null" class of classifier-free guidance) whose row for each label is added to the
         time embedding (after its MLP), as in ADM and diffusers' ``UNet2DModel(num_class_embeds=...)``.
+      dtype: the computation dtype, ``"float32"`` or ``"bfloat16"`` (see :data:`DTYPES`): the inputs
+        of convs, dense layers and GroupNorm outputs. Parameters are float32 either way (so the
+        parameter tree is the same), GroupNorm statistics and the attention softmax are computed in
+        float32, and the output is cast to float32.
     """
 
     ch: int = 128
@@ -295,6 +319,7 @@ class UNet(nn.Module):
     downsample_padding: int = 0
     attn_head_dim: int | None = None
     num_classes: int = 0
+    dtype: str = "float32"
 
     def __post_init__(self):
         _validate_hparams(self)
@@ -327,18 +352,19 @@ class UNet(nn.Module):
         temb_dim = 4 * self.ch
 
         temb = timestep_embedding(t, self.ch, flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift)
-        temb = TimestepEmbedding(temb_dim, name="time_embedding")(temb)
+        dtype = jnp.dtype(self.dtype)
+        temb = TimestepEmbedding(temb_dim, dtype, name="time_embedding")(temb)
         if self.num_classes > 0:
             labels = jnp.full((batch,), self.num_classes, jnp.int32) if labels is None else labels
             labels = jnp.broadcast_to(jnp.asarray(labels), (batch,))
             # Row num_classes is the null class; nn.Embedding's N(0, 1) init, as ADM and diffusers.
             temb = temb + nn.Embed(self.num_classes + 1, temb_dim, embedding_init=nn.initializers.normal(1.0),
-                                   name="class_embedding")(labels)
+                                   dtype=dtype, name="class_embedding")(labels)
         elif labels is not None:
             raise ValueError("labels given to an unconditional UNet (num_classes=0)")
 
-        common = dict(num_groups=self.num_groups, norm_eps=self.norm_eps, dropout=self.dropout)
-        h = _conv3x3(self.ch, "conv_in")(x)
+        common = dict(num_groups=self.num_groups, norm_eps=self.norm_eps, dropout=self.dropout, dtype=dtype)
+        h = _conv3x3(self.ch, "conv_in", dtype=dtype)(x)
         skips = [h]
         num_levels = len(self.ch_mult)
         for level, mult in enumerate(self.ch_mult):
@@ -371,8 +397,8 @@ class UNet(nn.Module):
             )(h, skips, temb, train)
         assert not skips, "every stored skip activation must be consumed"
 
-        h = nn.swish(_group_norm(self.num_groups, self.norm_eps, "conv_norm_out")(h))
-        return _conv3x3(self.out_ch, "conv_out", scale=_NEAR_ZERO_SCALE)(h)
+        h = nn.swish(_group_norm(self.num_groups, self.norm_eps, "conv_norm_out", dtype)(h))
+        return _conv3x3(self.out_ch, "conv_out", scale=_NEAR_ZERO_SCALE, dtype=dtype)(h).astype(jnp.float32)
 
 
 class UNetConfigError(ValueError):
@@ -416,6 +442,8 @@ def _validate_hparams(model: UNet) -> None:
         raise UNetConfigError("num_classes", f"must be >= 0 (0 = unconditional), got {model.num_classes}")
     if model.downsample_padding not in (0, 1):
         raise UNetConfigError("downsample_padding", f"must be 0 or 1, got {model.downsample_padding}")
+    if model.dtype not in DTYPES:
+        raise UNetConfigError("dtype", f"must be one of {', '.join(map(repr, DTYPES))}, got {model.dtype!r}")
 
 
 def _validate_inputs(x: jax.Array, t: jax.Array, num_levels: int) -> None:
