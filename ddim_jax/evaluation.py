@@ -205,7 +205,9 @@ def evaluate_cell(loaded: LoadedModel, cell: Cell, setup: MetricSetup, *, num: i
 
     Returns the cell's record on process 0 (``None`` on the other processes of a multi-process run).
     """
-    out = os.path.join(out_dir, "samples", f"{cell.name}.npz")
+    dtype = str(getattr(loaded.model, "dtype", "float32"))
+    suffix = "" if dtype == "float32" else f"_{dtype}"
+    out = os.path.join(out_dir, "samples", f"{cell.name}{suffix}.npz")
     conditioning = {} if cell.guidance is None else {"label": "all", "guidance": cell.guidance}
     start = time.perf_counter()
     images = run_samples(loaded, cell.spec, num=num, batch_size=batch_size, seed=cell.seed, out=out,
@@ -214,7 +216,7 @@ def evaluate_cell(loaded: LoadedModel, cell: Cell, setup: MetricSetup, *, num: i
     if images is None:
         return None
     record: dict[str, Any] = {**dataclasses.asdict(cell.spec), "num": num, "seed": cell.seed,
-                              "guidance": cell.guidance, "dtype": str(getattr(loaded.model, "dtype", "float32")),
+                              "guidance": cell.guidance, "dtype": dtype,
                               "source": loaded.description, "samples": out,
                               "sample_seconds": seconds, "images_per_second": num / max(seconds, 1e-9)}
     labels = None if cell.guidance is None else labels_for(num, "all", loaded.num_classes)
