@@ -186,20 +186,21 @@ def test_no_step_verifies_is_one_line(trained, tmp_path):
         loading.load_run(path)
 
 
-def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last_good_one(tmp_path, monkeypatch):
-    path = str(tmp_path / "run")
+def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_last_good_one(trained, tmp_path, monkeypatch):
+    path = _copy(trained, tmp_path)
     real_save = ocp.CheckpointManager.save
 
     def save(self, step, *args, **kwargs):
-        if step == 4:
+        if step == 6:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(self, step, *args, **kwargs)
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", save)
-    with pytest.raises(CheckpointError, match="could not write checkpoint 4 .*No space left on device") as info:
-        train_lib.train_and_evaluate(_config(4), path)
+    with pytest.raises(CheckpointError, match="could not write checkpoint 6 .*No space left on device") as info:
+        train_lib.train_and_evaluate(_config(6), path)
     assert "\n" not in str(info.value)
-    assert load_for_sampling(path)[2] == 2
+    _, params, step = load_for_sampling(path, on_fallback=pytest.fail)
+    assert step == 4 and _equal(params, trained[1][4])
 
 
 def test_nan_weights_are_refused_when_loading(tmp_path, random_tiny_params):
@@ -421,11 +422,10 @@ def test_train_cli_errors_are_one_line(tmp_path, subprocess_env, args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
 
 
-def test_metrics_rows_are_not_repeated_after_a_resume(tmp_path):
-    path = str(tmp_path / "run")
-    train_lib.train_and_evaluate(_config(4), path)
-    with open(os.path.join(path, "metrics.jsonl"), "a") as handle:   # rows of steps lost by a crash
-        handle.write(json.dumps({"step": 6, "loss": 1.0}) + "\n" + '{"step": 8, "lo')
+def test_metrics_rows_are_not_repeated_after_a_resume(trained, tmp_path):
+    path = _copy(trained, tmp_path)   # checkpoints 2 and 4; rows up to 8 were written before a crash
+    with open(os.path.join(path, "metrics.jsonl"), "w") as handle:
+        handle.write("".join(json.dumps({"step": step, "loss": 1.0}) + "\n" for step in (2, 4, 6)) + '{"step": 8, "lo')
     train_lib.train_and_evaluate(_config(6), path)
     steps = [json.loads(line)["step"] for line in open(os.path.join(path, "metrics.jsonl"))]
     assert steps == [2, 4, 6]
