@@ -17,6 +17,7 @@ print one line to stderr and exit with status 1; anything else is a bug and show
 import logging
 import sys
 
+import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -58,6 +59,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _setup_logging(FLAGS.verbose)
+    if not isinstance(FLAGS.config, ml_collections.ConfigDict):  # ml_collections' _ErrorConfig
+        path = config_flags.get_config_filename(FLAGS["config"])
+        print(f"train.py: error: cannot load --config {path}: no such file, or not a Python config file "
+              "with a get_config() function", file=sys.stderr)
+        sys.exit(1)
     if FLAGS.precision is not None:
         try:
             FLAGS.config.model.dtype = precision.parse_precision(FLAGS.precision)

@@ -151,18 +151,25 @@ class BatchedSampler:
 
 
 class Progress:
-    """A tqdm bar over batches that shows images per second."""
+    """A tqdm bar over batches that shows images per second.
+
+    The rate clock starts when the first batch is done, so the compilation it includes does not
+    count: the rate is that of the batches after it (none is shown until then).
+    """
 
     def __init__(self, total_batches: int, description: str, enabled: bool, initial: int = 0):
         self._bar = tqdm.tqdm(total=total_batches, initial=initial, desc=description, unit="batch",
                               disable=not enabled, file=sys.stderr, dynamic_ncols=True)
-        self._start = time.perf_counter()
+        self._start: float | None = None
         self.images = 0
 
     def update(self, images: int) -> None:
-        self.images += images
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
-        self._bar.set_postfix_str(f"{self.images / elapsed:.1f} img/s", refresh=False)
+        if self._start is None:   # first batch: includes compilation; start the clock after it
+            self._start = time.perf_counter()
+        else:
+            self.images += images
+            elapsed = max(time.perf_counter() - self._start, 1e-9)
+            self._bar.set_postfix_str(f"{self.images / elapsed:.1f} img/s", refresh=False)
         self._bar.update(1)
 
     def close(self) -> None:

@@ -28,6 +28,8 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
+from ddim_jax.config_utils import ConfigError
+
 __all__ = [
     "DatasetNotPreparedError",
     "open_source",
@@ -135,7 +137,8 @@ def open_source(config: ml_collections.ConfigDict, split: str, with_labels: bool
         with_labels = config.model.num_classes > 0
     if name == "digits":
         if split != "train":
-            raise ValueError(f"the digits dataset has only the 'train' split, got {split!r}")
+            raise ConfigError(f"the digits dataset has only the 'train' split, got {split!r} "
+                              "(config.data.train_split / eval_split)")
         return ArrayImageSource(_digits_uint8(), _digits_labels() if with_labels else None)
     import tensorflow_datasets as tfds  # imported lazily: slow, and not needed for the digits
 
@@ -147,7 +150,22 @@ def open_source(config: ml_collections.ConfigDict, split: str, with_labels: bool
         # TFDS raises KeyError ("splits is empty") for an unprepared dataset and AssertionError or
         # FileNotFoundError for a missing/mismatched data dir.
         raise DatasetNotPreparedError(f"{_prepare_hint(name, data_dir)} ({type(err).__name__}: {err})") from err
+    except ValueError as err:  # TFDS: an unknown split name ("Unknown split 'x'. Should be one of ...")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"dataset {name!r} has no split {split!r} ({first})") from err
     return TfdsImageSource(source, with_labels=with_labels)
+
+
+def check_crop_fits(source: ImageSource, config: ml_collections.ConfigDict) -> None:
+    """``config.data.crop`` must fit the dataset's images: checked on the first image, before any
+    batch is read (grain would raise it from inside its iterator, as a traceback)."""
+    if config.data.crop is None or len(source) == 0:
+        return
+    shape = np.shape(source[0])
+    top, left, height, width = tuple(config.data.crop)
+    if top + height > shape[0] or left + width > shape[1]:
+        raise ConfigError(f"config.data.crop {tuple(config.data.crop)} (top, left, height, width) does not fit "
+                          f"the {shape[0]}x{shape[1]} images of {config.data.name!r}")
 
 
 def preprocess_image(image: np.ndarray, config: ml_collections.ConfigDict, flip: bool = False) -> np.ndarray:
@@ -216,7 +234,9 @@ def train_dataset(config: ml_collections.ConfigDict, *, start_step: int = 0, pro
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     seed = config.training.seed
-    dataset = grain.MapDataset.source(open_source(config, config.data.train_split))
+    source = open_source(config, config.data.train_split)
+    check_crop_fits(source, config)
+    dataset = grain.MapDataset.source(source)
     if len(dataset) == 0:
         raise ValueError(f"dataset {config.data.name!r} split {config.data.train_split!r} is empty")
     dataset = dataset.shuffle(seed=seed).repeat()  # a new permutation each epoch
@@ -259,6 +279,7 @@ def load_eval_images(config: ml_collections.ConfigDict, num: int, seed: int = 0,
     if num <= 0:
         raise ValueError(f"load_eval_images: num must be positive, got {num}")
     source = open_source(config, config.data.eval_split, with_labels=with_labels)
+    check_crop_fits(source, config)
     if num > len(source):
         raise ValueError(f"load_eval_images: asked for {num} images, but split "
                          f"{config.data.eval_split!r} of {config.data.name!r} has {len(source)}")

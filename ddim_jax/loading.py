@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from ddim_jax import pretrained
 from ddim_jax.checkpointing import CheckpointError, load_for_sampling
 from ddim_jax.config_utils import ConfigError
+from ddim_jax.integrity import host_array, tree_checksum
 from ddim_jax.models import create_model
 from ddim_jax.sample_spec import SampleError
 from ddim_jax.schedules import alphas_cumprod_from_betas, make_alphas_cumprod, timestep_sequence
@@ -41,6 +43,8 @@ class LoadedModel:
         when its scheduler names a ``timestep_spacing``, ``skip``.
       rederive_eps: with clipping, re-derive eps from the clipped x0 (our runs) or keep the
         model's eps (pretrained diffusers checkpoints: what their DDIMScheduler does).
+      fingerprint: sha256 of the params actually loaded (``ddim_jax.integrity.tree_checksum``);
+        resumable sample files record it so that a resumed run cannot mix two models.
     """
 
     model: Any
@@ -52,6 +56,7 @@ class LoadedModel:
     config: Any = None
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     rederive_eps: bool = True
+    fingerprint: str = ""
 
     @property
     def num_timesteps(self) -> int:
@@ -74,9 +79,12 @@ def load_run(workdir: str, use_ema: bool = True) -> LoadedModel:
     if not os.path.isdir(workdir):
         raise SampleError(f"workdir {workdir!r} does not exist (train one with train.py first)")
     try:
-        config, params, step = load_for_sampling(os.path.abspath(workdir), use_ema=use_ema)
+        config, params, step = load_for_sampling(os.path.abspath(workdir), use_ema=use_ema,
+                                                 on_fallback=lambda message: print(f"warning: {message}",
+                                                                                   file=sys.stderr))
     except CheckpointError as error:
         raise SampleError(f"cannot load a checkpoint from {workdir!r}: {error}") from error
+    check_finite(params, f"the {'EMA' if use_ema else 'raw'} params of checkpoint {step} in {workdir!r}")
     sampling = config.sampling
     return LoadedModel(
         model=create_model(config),
@@ -89,7 +97,18 @@ def load_run(workdir: str, use_ema: bool = True) -> LoadedModel:
         defaults={key: sampling[key] for key in
                   ("num_steps", "eta", "skip", "clip_x0", "batch_size", "num_samples", "solver")},
         rederive_eps=bool(sampling.rederive_eps),
+        fingerprint=tree_checksum(params),
     )
+
+
+def check_finite(params: Any, what: str) -> None:
+    """Refuse params holding NaN or infinite values before any sampling (they would only show up
+    as an error at the very end, or as black images)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    bad = [jax.tree_util.keystr(path) for path, leaf in leaves if not np.all(np.isfinite(host_array(leaf)))]
+    if bad:
+        raise SampleError(f"{what} contain NaN or infinite values (in {len(bad)} of {len(leaves)} arrays, "
+                          f"first {bad[0]}); the checkpoint is unusable")
 
 
 def load_pretrained(name_or_path: str, with_run_config: bool = False) -> LoadedModel:
@@ -106,6 +125,7 @@ def load_pretrained(name_or_path: str, with_run_config: bool = False) -> LoadedM
         config = pretrained.pretrained_run_config(local_dir) if with_run_config else None
     except (pretrained.PretrainedError, ConfigError) as error:
         raise SampleError(f"cannot load pretrained model {name_or_path!r}: {error}") from error
+    check_finite(variables["params"], f"the weights of pretrained model {name_or_path!r}")
     return LoadedModel(
         model=model,
         params=variables["params"],
@@ -117,4 +137,5 @@ def load_pretrained(name_or_path: str, with_run_config: bool = False) -> LoadedM
         defaults={"clip_x0": bool(schedule["clip_sample"]),
                   **({} if schedule["skip"] is None else {"skip": schedule["skip"]})},
         rederive_eps=False,
+        fingerprint=tree_checksum(variables["params"]),
     )

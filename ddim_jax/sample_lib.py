@@ -13,12 +13,14 @@ import dataclasses
 import math
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 
 from ddim_jax.guidance import parse_label
+from ddim_jax.integrity import FileLock, LockHeldError
 from ddim_jax.loading import LoadedModel, load_pretrained, load_run
 from ddim_jax.precision import PRECISIONS, with_precision
 from ddim_jax.sample_modes import run_consistency, run_interpolate, run_reconstruct, run_samples
@@ -82,6 +84,9 @@ def _validate_options(options: SampleOptions) -> None:
         for count in options.step_counts:
             if count < 1:
                 raise SampleError(f"--step_counts must all be at least 1, got {count}")
+    if options.mode in DEFAULT_STEP_COUNTS and options.steps is not None:
+        raise SampleError(f"--mode={options.mode} decodes at each of --step_counts (e.g. --step_counts=10,50); "
+                          "drop --steps")
     if options.mode == "reconstruct" and options.clip_x0:
         raise SampleError("--mode=reconstruct decodes without clipping, as the encoder runs (the pair is only "
                           "inverse that way); drop --clip")
@@ -96,6 +101,37 @@ def _validate_options(options: SampleOptions) -> None:
         raise SampleError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
     if options.skip is not None and options.skip not in SKIP_KINDS:
         raise SampleError(f"unknown --skip={options.skip!r}; choose one of {', '.join(SKIP_KINDS)}")
+
+
+def check_output_path(out: str) -> None:
+    """Refuse an ``--out`` that cannot be written (a directory, a path under a file, an unwritable
+    or read-only directory), before anything is loaded or sampled. Creates missing directories."""
+    if os.path.isdir(out):
+        raise SampleError(f"--out {out} is a directory; give a file name ending in .png or .npz")
+    directory = os.path.dirname(os.path.abspath(out))
+    ancestor = directory
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise SampleError(f"--out {out} cannot be written: {ancestor} is a file, not a directory")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=directory, prefix=".probe-")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as err:
+        raise SampleError(f"--out {out} cannot be written: {err.strerror or err} ({directory})") from None
+
+
+def lock_output(out: str) -> FileLock:
+    """An exclusive lock on ``<out>.lock`` for as long as ``out`` (and its shards) are written."""
+    try:
+        return FileLock(out + ".lock").acquire()
+    except LockHeldError as err:
+        raise SampleError(f"--out {out} is being written by another sample.py ({err.holder}); wait for it "
+                          "or choose another --out") from None
+    except OSError as err:
+        raise SampleError(f"--out {out} cannot be locked ({out}.lock): {err.strerror}") from None
 
 
 def resolve_step_counts(
@@ -201,6 +237,8 @@ def run(options: SampleOptions) -> Any:
       SampleError: for every user error (one-line message), before any sampling starts.
     """
     _validate_options(options)
+    if options.out is not None:
+        check_output_path(options.out)
     if jax.process_count() > 1 and options.mode != "samples":
         raise SampleError(f"--mode={options.mode} runs in one process; only --mode=samples spreads over "
                           f"{jax.process_count()} processes")
@@ -214,6 +252,18 @@ def run(options: SampleOptions) -> Any:
     num = resolve_num(options, loaded)
     batch_size = options.batch_size or int(loaded.defaults.get("batch_size", DEFAULT_BATCH_SIZE))
     out = options.out or default_out(options, spec)
+    check_output_path(out)
+    # One lock for the output: under jax.distributed only process 0 holds it (all share the --out).
+    lock = lock_output(out) if jax.process_index() == 0 else None
+    try:
+        return _run_mode(options, loaded, spec, num, batch_size, out, label, guidance)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_mode(options: SampleOptions, loaded: LoadedModel, spec: SamplerSpec, num: int, batch_size: int,
+              out: str, label: str | int | None, guidance: float) -> Any:
     if jax.process_index() == 0:
         print(f"{options.mode}: {loaded.description}; S={spec.steps} skip={spec.skip} solver={spec.solver} "
               f"{'sigma_hat' if spec.sigma_hat else f'eta={spec.eta:g}'} clip_x0={spec.clip_x0} "

@@ -19,6 +19,7 @@ classifier-free ``guidance`` scale (``ddim_jax/guidance.py``); unconditional one
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 from collections.abc import Sequence
@@ -31,12 +32,21 @@ from jax.sharding import Mesh
 
 from ddim_jax.batching import BatchedSampler, Progress
 from ddim_jax.guidance import labels_for
-from ddim_jax.images import make_grid, save_npz, save_png, to_uint8
+from ddim_jax.images import atomic_write, make_grid, save_npz, save_png, to_uint8
 from ddim_jax.input_pipeline import load_eval_images
 from ddim_jax.loading import LoadedModel
 from ddim_jax.sample_spec import SampleError, SamplerSpec
 from ddim_jax.sampling import slerp
-from ddim_jax.shards import codes_for, image_keys, prepare_shard_dir, shard_dir_for, shard_path
+from ddim_jax.shards import (
+    SAMPLING_VERSION,
+    codes_for,
+    finished_output,
+    image_keys,
+    prepare_shard_dir,
+    shard_dir_for,
+    shard_path,
+    write_done_record,
+)
 
 # A `.png` of the `samples` mode shows at most this many images; above it the full set also goes
 # to an `.npz` beside the grid.
@@ -72,6 +82,29 @@ def _labels(loaded: LoadedModel, num: int, label: str | int | None, start: int =
     return None if label is None else labels_for(num, label, loaded.num_classes, start=start)
 
 
+def sample_meta(loaded: LoadedModel, spec: SamplerSpec, seed: int, shard_size: int) -> dict:
+    """Everything that determines the images of the ``samples`` mode (plus ``source``, for messages)."""
+    return {
+        "source": loaded.description,
+        "params_sha256": loaded.fingerprint,
+        "alphas_cumprod_sha256": hashlib.sha256(np.asarray(loaded.alphas_cumprod, np.float32).tobytes()).hexdigest(),
+        "prediction_type": loaded.prediction_type,
+        "rederive_eps": bool(loaded.rederive_eps),
+        "image_shape": list(loaded.image_shape),
+        "spec": dataclasses.asdict(spec),
+        "seed": seed,
+        "shard_size": shard_size,
+        "sampling_version": SAMPLING_VERSION,
+    }
+
+
+def all_images_file(out: str, num: int) -> str | None:
+    """The ``.npz`` that holds all ``num`` images of the ``samples`` mode (None: a grid only)."""
+    if out.endswith(".npz"):
+        return out
+    return os.path.splitext(out)[0] + ".npz" if num > GRID_MAX_IMAGES else None
+
+
 def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size: int, seed: int,
                 out: str, progress: bool = True, mesh: Mesh | None = None, label: str | int | None = None,
                 guidance: float = 1.0) -> np.ndarray | None:
@@ -80,27 +113,35 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
     Image i comes from its own keys (:func:`ddim_jax.shards.image_keys`: its x_T and, for eta > 0,
     its noise at every step), so the same seed gives the same images whatever the batch size, the
     number of devices or the number of processes. Shard i holds images ``i * batch_size ..``;
-    shards already on disk (from an interrupted run with the same settings) are reused. Under
-    ``jax.distributed`` process p samples shards p, p + P, ... into the shared shard directory and
-    process 0 assembles ``out``. With ``label`` (class-conditional models) image ``i`` gets
+    shards already on disk (from an interrupted run with the same params and settings) are reused,
+    anything else is refused. Under ``jax.distributed`` process p samples shards p, p + P, ... into
+    the shared shard directory and process 0 assembles ``out``. An output already complete with
+    the same params and settings (``<out>.json`` beside it, every file's sha256 verified) is
+    reported and read back, not redone. With ``label`` (class-conditional models) image ``i`` gets
     ``labels_for(.., label, K)[i]``, and a ``label="all"`` grid has one class per row.
 
     Returns:
       The images on process 0 (``None`` on the others).
     """
+    batch_size = max(1, min(batch_size, num))
+    meta = sample_meta(loaded, spec, seed, batch_size)
+    if label is not None:
+        meta.update(label=str(label), guidance=float(guidance))
+    done_meta = {**meta, "num": num}
+    npz_out = all_images_file(out, num)
+    process, process_count = jax.process_index(), jax.process_count()
+    if npz_out is not None and finished_output(out, done_meta):
+        if process != 0:
+            return None
+        print(f"{out} is already complete ({num} images from the same params and settings); nothing to do")
+        with np.load(npz_out) as data:
+            return data["images"]
+    if npz_out is not None and npz_out != out and os.path.exists(npz_out):
+        raise SampleError(f"--out {out} with {num} > {GRID_MAX_IMAGES} images also writes all of them to "
+                          f"{npz_out}, which exists; remove it or choose another --out")
     seq = loaded.timesteps(spec.steps, spec.skip)
     num_shards = -(-num // batch_size)
     shard_dir = shard_dir_for(out)
-    meta = {
-        "source": loaded.description,
-        "image_shape": list(loaded.image_shape),
-        "spec": dataclasses.asdict(spec),
-        "seed": seed,
-        "shard_size": batch_size,
-    }
-    if label is not None:
-        meta.update(label=str(label), guidance=float(guidance))
-    process, process_count = jax.process_index(), jax.process_count()
     if process == 0:
         prepare_shard_dir(shard_dir, meta)
     _sync_processes("shard directory ready")
@@ -142,8 +183,10 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
         if label == "all":
             shown, ncols = class_rows(shown, labels[:GRID_MAX_IMAGES], loaded.num_classes)
         written += write_images(out, shown, ncols=ncols)
-        if num > GRID_MAX_IMAGES:
-            written += write_images(os.path.splitext(out)[0] + ".npz", images, **extra)
+        if npz_out is not None:
+            written += write_images(npz_out, images, **extra)
+    if npz_out is not None:
+        write_done_record(out, done_meta, written)
     shutil.rmtree(shard_dir)
     report_written(written, images.shape)
     return images
@@ -247,8 +290,20 @@ def run_reconstruct(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
         extra = {"step_counts": np.asarray(list(mse), np.int32),
                  "mse": np.asarray(list(mse.values()), np.float64)}
     written = write_images(out, images, ncols=1 + len(step_counts), **extra)
+    labels = ["original (real image)"] + [f"reconstruction at S={count} (MSE {mse[count]:.6f})"
+                                          for count in step_counts]
+    written += write_caption(out, f"reconstruct: {x0.shape[0]} rows, one per real image; skip={spec.skip}", labels)
     report_written(written, images.shape)
     return mse
+
+
+def write_caption(out: str, title: str, column_labels: Sequence[str]) -> list[str]:
+    """Prints what each grid column is and writes the same caption beside the grid (``<out>.txt``)."""
+    lines = [title] + [f"column {index + 1}: {label}" for index, label in enumerate(column_labels)]
+    print("\n".join(lines))
+    path = out + ".txt"
+    atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()), ".txt")
+    return [path]
 
 
 def run_consistency(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size: int, seed: int,
@@ -272,10 +327,15 @@ def run_consistency(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
         bar.close()
     images = np.stack(columns, axis=1).reshape((-1,) + tuple(loaded.image_shape))
     written = write_images(out, images, ncols=len(step_counts))
+    written += write_caption(out, f"consistency: {num} rows, one per x_T (the same code in every column); "
+                             f"skip={spec.skip}", [f"decoded with S={count}" for count in step_counts])
     report_written(written, images.shape)
     return images
 
 
 def report_written(paths: Sequence[str], shape: Sequence[int]) -> None:
     for path in paths:
-        print(f"wrote {path} ({shape[0]} images of {tuple(shape[1:])})")
+        if path.endswith(".txt"):
+            print(f"wrote {path} (the grid's caption)")
+        else:
+            print(f"wrote {path} ({shape[0]} images of {tuple(shape[1:])})")

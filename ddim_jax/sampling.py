@@ -31,6 +31,7 @@ from ddim_jax.validation import (
     check_batch,
     check_eps_fn,
     check_eta,
+    check_floating,
     check_prediction_type,
     check_sequence,
     concrete,
@@ -288,6 +289,7 @@ def sample(
         raise ValueError(f"{fn}: unknown solver {solver!r}; expected one of {solvers.SOLVERS}")
     num_timesteps = check_alphas_cumprod(alphas_cumprod, fn)
     check_batch(x_T, fn, "x_T")
+    check_floating(x_T, fn, "x_T")
     check_sequence(seq, num_timesteps, fn)
     eps_fn_args = check_eps_fn(eps_fn, eps_fn_args, fn)
     check_prediction_type(prediction_type, fn)
@@ -390,6 +392,7 @@ def encode(
     fn = "encode"
     num_timesteps = check_alphas_cumprod(alphas_cumprod, fn)
     check_batch(x0, fn, "x0")
+    check_floating(x0, fn, "x0")
     check_sequence(seq, num_timesteps, fn)
     eps_fn_args = check_eps_fn(eps_fn, eps_fn_args, fn)
     check_prediction_type(prediction_type, fn)
@@ -434,5 +437,7 @@ def slerp(z0: Array, z1: Array, alpha: float | Array) -> Array:
         raise ValueError(f"slerp: z0 and z1 must have the same shape, got {np.shape(z0)} and {np.shape(z1)}")
     if np.ndim(alpha) > 1:
         raise ValueError(f"slerp: alpha must be a scalar or 1-D, got shape {np.shape(alpha)}")
+    check_floating(z0, "slerp", "z0")
+    check_floating(z1, "slerp", "z1")
     z0, z1 = jnp.asarray(z0), jnp.asarray(z1)
     return _slerp(z0, z1, jnp.asarray(alpha, z0.dtype))

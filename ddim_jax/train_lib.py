@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ddim_jax import checkpointing, config_utils, images, input_pipeline
 from ddim_jax.diffusion import forward_marginal
+from ddim_jax.integrity import FileLock, LockHeldError
 from ddim_jax.meshes import global_data_mesh
 from ddim_jax.models import apply_model, create_model, eps_fn_for
 from ddim_jax.sampling import sample
@@ -63,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_SUBDIR = "samples"
+LOCK_FILE = "train.lock"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -160,12 +162,53 @@ def _host_value(array: jax.Array) -> np.ndarray:
 
 
 def _check_workdir(workdir: str) -> None:
+    if not workdir:
+        raise checkpointing.CheckpointError("--workdir is empty; name a directory for the run")
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as err:
         raise checkpointing.CheckpointError(f"cannot create workdir {workdir!r}: {err.strerror}") from err
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise checkpointing.CheckpointError(f"workdir {workdir!r} is not writable")
+
+
+def lock_workdir(workdir: str) -> FileLock:
+    """An exclusive lock on the workdir for this process: ``train.lock`` for process 0 (and a
+    single-process run), ``train.lock.<i>`` for process ``i`` of a multi-process run, so the
+    processes of one run sharing a workdir do not exclude each other while a second run does.
+
+    ``fcntl.flock``: the kernel releases it when the process dies, so a killed run never blocks.
+    """
+    index = jax.process_index()
+    path = os.path.join(workdir, LOCK_FILE if index == 0 else f"{LOCK_FILE}.{index}")
+    try:
+        return FileLock(path).acquire()
+    except LockHeldError as err:
+        raise checkpointing.CheckpointError(
+            f"workdir {workdir!r} is in use by another train.py ({err.holder}); wait for it to finish "
+            "or use another --workdir") from None
+    except OSError as err:
+        raise checkpointing.CheckpointError(f"cannot lock workdir {workdir!r} ({path}): {err.strerror}") from err
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drops the rows of ``metrics.jsonl`` after ``step`` (written before a crash, by steps that
+    are about to be trained again), so a resumed run does not repeat them."""
+    if not os.path.exists(path):
+        return
+    with open(path) as handle:
+        lines = handle.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["step"]) > step:
+                continue
+        except (ValueError, KeyError, TypeError):
+            if not line.endswith("\n"):
+                continue  # a half-written last row
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        images.atomic_write(path, lambda f: f.write("".join(kept).encode()), ".jsonl")
 
 
 def _check_resume_compatible(stored: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
@@ -249,8 +292,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is left intact.
     """
     config_utils.validate_config(config)
+    if not os.fspath(workdir):
+        raise checkpointing.CheckpointError("--workdir is empty; name a directory for the run")
     workdir = os.path.abspath(os.fspath(workdir))
     _check_workdir(workdir)
+    lock = lock_workdir(workdir)
+    try:
+        return _train_locked(config, workdir, batches)
+    finally:
+        lock.release()
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: str,
+                  batches: Iterator[np.ndarray] | None) -> TrainState:
     training = config.training
     num_devices = jax.device_count()
     if training.batch_size % num_devices:
@@ -262,15 +316,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     data_sharding = NamedSharding(mesh, PartitionSpec("data"))
     writer = _Writer(workdir)
 
+    if batches is None:  # a bad split or crop: refused now, not from inside the data iterator later
+        input_pipeline.check_crop_fits(input_pipeline.open_source(config, config.data.train_split), config)
     abstract_state = abstract_train_state(config, replicated)
     manager = checkpointing.make_manager(workdir, keep=training.keep_checkpoints)
     try:
-        latest = manager.latest_step()
-        if latest is not None:
-            _check_resume_compatible(checkpointing.read_config(manager, latest), config, workdir)
-            state, progress = checkpointing.restore_checkpoint(manager, abstract_state, latest)
+        resumed = checkpointing.restore_latest_verified(
+            manager, abstract_state, check_config=lambda stored: _check_resume_compatible(stored, config, workdir))
+        latest = None
+        if resumed is not None:
+            state, progress, latest = resumed
             start_step = int(progress["data_position"])
             logger.info("Resumed from checkpoint %d in %s", latest, manager.directory)
+            if writer.is_lead:
+                _truncate_metrics(writer.metrics_path, latest)
         else:
             state = jitted_init(config, replicated)()
             start_step = 0
@@ -321,8 +380,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     logger.info("Wrote EMA samples to %s", path)
         return state
     finally:
-        manager.wait_until_finished()  # a save in flight completes; a non-finite state is never saved
-        manager.close()
+        try:
+            checkpointing.wait_for_saves(manager)  # a save in flight completes; a non-finite state is never saved
+        finally:
+            manager.close()
 
 
 # The jitted functions are cached per (config, shardings) so that several runs in one process

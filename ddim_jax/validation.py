@@ -22,10 +22,36 @@ def concrete(value) -> np.ndarray | None:
 
 
 def check_alphas_cumprod(alphas_cumprod, fn: str) -> int:
+    """``alphas_cumprod`` must be ``[T]``; when concrete, its values must be finite, in (0, 1] and
+    non-increasing in t (the cumulative product of ``1 - beta``). Betas passed by mistake (small
+    and increasing), zeros, NaN, negatives or values above 1 are refused by name: they would give
+    NaN or silent garbage. Returns T."""
     shape = np.shape(alphas_cumprod)
     if len(shape) != 1 or shape[0] < 1:
         raise ValueError(f"{fn}: alphas_cumprod must be a non-empty 1-D array [T], got shape {shape}")
+    values = concrete(alphas_cumprod)
+    if values is None:
+        return shape[0]
+    if not np.issubdtype(values.dtype, np.floating):
+        raise ValueError(f"{fn}: alphas_cumprod must be floating point, got dtype {values.dtype}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{fn}: alphas_cumprod contains NaN or infinite values")
+    if values.min() <= 0.0 or values.max() > 1.0:
+        raise ValueError(f"{fn}: alphas_cumprod must lie in (0, 1], got values in [{values.min()}, {values.max()}]")
+    if values.size > 1 and np.any(np.diff(values) > 0):
+        raise ValueError(f"{fn}: alphas_cumprod must be non-increasing in t (the cumulative product of 1 - betas); "
+                         "got increasing values: betas passed instead of alphas_cumprod? "
+                         "Use alphas_cumprod_from_betas(betas)")
     return shape[0]
+
+
+def check_floating(x, fn: str, name: str) -> None:
+    """Refuse integer or boolean arrays where the math needs real numbers (an int32 ``x_T`` would
+    be truncated at every step). Cast with ``x.astype(jnp.float32)`` first."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{fn}: {name} must be a floating-point array, got dtype {dtype}; "
+                         f"cast it first (e.g. {name}.astype(jnp.float32))")
 
 
 def check_batch(x, fn: str, name: str = "x") -> int:

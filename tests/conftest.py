@@ -22,36 +22,59 @@ def subprocess_env(tmp_path_factory):
     return make
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A run workdir of ``configs/tiny.py`` (8x8x1 digits) with random params (no training), exported
-    as a step-0 checkpoint: what ``sample.py`` / ``evaluate.py`` tests read."""
-    import jax
-
-    import configs.tiny
-    from ddim_jax.checkpointing import export_workdir
-    from ddim_jax.models import abstract_params, create_model
-    from ddim_jax.train_state import image_shape
-
-    config = configs.tiny.get_config()
-    shapes = abstract_params(create_model(config), image_shape(config))
-    rng = np.random.default_rng(0)
-
-    def random_leaf(path, leaf):
-        noise = rng.standard_normal(leaf.shape).astype(np.float32)
-        name = path[-1].key
-        if name == "kernel":
-            return noise / np.sqrt(np.prod(leaf.shape[:-1]))
-        return (1.0 if name == "scale" else 0.0) + 0.1 * noise
-
-    params = jax.tree_util.tree_map_with_path(random_leaf, shapes)
-    path = str(tmp_path_factory.mktemp("tiny_run"))
-    export_workdir(path, config, params)
-    return path
-
-
 def pytest_configure(config):
     # diffusers imports torchvision whenever it is installed; make that import work on the CPU torch.
     from benchmarks.torch_reference import import_torchvision
 
     import_torchvision()
+
+
+def _random_tiny_params(seed=0):
+    """Random params of configs/tiny.py's UNet drawn from its shapes (no compile), scaled so the
+    network's outputs are moderate (not the near-zero output of a fresh init)."""
+    import jax
+
+    import configs.tiny
+    from ddim_jax.models import abstract_params, create_model
+
+    config = configs.tiny.get_config()
+    shapes = abstract_params(create_model(config), (config.data.image_size,) * 2 + (config.data.channels,))
+    rng = np.random.default_rng(seed)
+
+    def random_leaf(path, leaf):
+        noise = rng.standard_normal(leaf.shape).astype(np.float32)
+        name = path[-1].key
+        if name == "kernel":
+            return (noise / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
+        return ((1.0 if name == "scale" else 0.0) + 0.1 * noise).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(random_leaf, shapes)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A step-0 workdir of configs/tiny.py with random params, shared by the whole session (read-only:
+    tests that change a workdir use ``workdir``)."""
+    import configs.tiny
+    from ddim_jax.checkpointing import export_workdir
+
+    path = str(tmp_path_factory.mktemp("tiny_run_shared"))
+    export_workdir(path, configs.tiny.get_config(), _random_tiny_params())
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A step-0 workdir of configs/tiny.py with random params (``export_workdir``), once per module."""
+    import configs.tiny
+    from ddim_jax.checkpointing import export_workdir
+
+    path = str(tmp_path_factory.mktemp("tiny_run"))
+    export_workdir(path, configs.tiny.get_config(), _random_tiny_params())
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_tiny_params():
+    """``random_tiny_params(seed=0)``: random NumPy params of configs/tiny.py's UNet (no compile)."""
+    return _random_tiny_params

@@ -170,4 +170,5 @@ def test_sigkill_at_a_random_moment_then_resume_gives_identical_params(tmp_path,
         manager.close()
     assert_trees_equal(states[0][0].opt_state, states[1][0].opt_state)
     assert_trees_equal(states[0][0].rng, states[1][0].rng)
-    assert states[0][1] == states[1][1] == {"step": 12, "data_position": 12}
+    assert states[0][1] == states[1][1]   # including the checksums of the three trees
+    assert {key: states[0][1][key] for key in ("step", "data_position")} == {"step": 12, "data_position": 12}

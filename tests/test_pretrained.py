@@ -406,3 +406,56 @@ def test_export_to_workdir_round_trip(tmp_path, small, capsys):
     assert "already holds checkpoints" in capsys.readouterr().err
     with pytest.raises(PretrainedError, match="no such directory"):
         export_pretrained_to_workdir(str(tmp_path / "absent"), tmp_path / "run2")
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"block_out_channels": 32}, "block_out_channels must be a non-empty list of positive integers, got 32"),
+    ({"block_out_channels": [0, 64]}, "block_out_channels must be"),
+    ({"block_out_channels": []}, "block_out_channels must be"),
+    ({"layers_per_block": "2"}, "layers_per_block must be a positive integer, got '2'"),
+    ({"layers_per_block": 0}, "layers_per_block must be a positive integer"),
+    ({"norm_num_groups": 7}, "not all divisible by norm_num_groups=7"),
+    ({"in_channels": True}, "in_channels must be a positive integer"),
+    ({"sample_size": 0}, "sample_size must be"),
+    ({"sample_size": "16"}, "sample_size must be"),
+    ({"norm_eps": -1}, "norm_eps must be a positive number"),
+    ({"dropout": "x"}, "dropout must be a number"),
+    ({"flip_sin_to_cos": "no"}, "flip_sin_to_cos must be true or false"),
+    ({"attention_head_dim": 0}, "attention_head_dim must be a positive integer or null"),
+    ({"down_block_types": "DownBlock2D"}, "down_block_types must be a list"),
+])
+def test_config_values_of_the_wrong_type_or_range_are_one_line(tmp_path, small, change, match):
+    target = _copy(small[1], tmp_path)
+    config = json.loads((target / "config.json").read_text())
+    config.update(change)
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PretrainedError, match=match) as info:
+        load_diffusers_unet(target)
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_configs_non_float_weights_and_escaping_shards_are_refused(tmp_path, small):
+    target = _copy(small[1], tmp_path)
+    (target / "config.json").write_bytes(b"\xff\xfe{not utf-8")
+    with pytest.raises(PretrainedError, match="is not UTF-8 text"):
+        load_diffusers_unet(target)
+    shutil.copy(small[1] / "config.json", target / "config.json")
+    for dtype, name in ((np.int32, "I32"), (np.bool_, "BOOL")):
+        shutil.copy(small[1] / WEIGHTS, target / WEIGHTS)
+        _edit_weights(target, lambda s, dtype=dtype: s.update({"conv_out.bias": np.ones(3, dtype)}))
+        with pytest.raises(PretrainedError, match=rf"must be floating point; conv_out\.bias is {name}"):
+            load_diffusers_unet(target)
+    os.remove(target / WEIGHTS)
+    for shard in ("../outside.safetensors", "/etc/hostname", "sub/../../x.safetensors"):
+        (target / "diffusion_pytorch_model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {"conv_out.bias": shard}}))
+        with pytest.raises(PretrainedError, match="not a file in the model directory"):
+            load_diffusers_unet(target)
+
+
+def test_export_into_a_file_or_an_unwritable_path_is_one_line(tmp_path, small, capsys):
+    (tmp_path / "file").write_text("x")
+    for workdir in (tmp_path / "file", tmp_path / "file" / "run", "/proc/ddim_jax_test/run"):
+        assert main(["--pretrained", str(small[1]), "--workdir", str(workdir)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: "), err

@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # PretrainedError, CheckpointError, ConfigError: one-line messages
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # the file system refused (read-only, full, a file where a directory goes)
+        print(f"error: cannot write {args.workdir}: {err.strerror or err}", file=sys.stderr)
+        return 1
     print(f"wrote {args.workdir}: {config.data.image_size}x{config.data.image_size}x{config.data.channels} "
           f"UNet (ch={config.model.ch}, ch_mult={tuple(config.model.ch_mult)}), "
           f"{config.diffusion.beta_schedule} betas, T={config.diffusion.num_timesteps}")

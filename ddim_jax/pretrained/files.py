@@ -15,6 +15,7 @@ import numpy as np
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _CONVERT_HINT = (
     "convert it once, in an environment you trust, with "
@@ -84,6 +85,10 @@ def read_json(path: str) -> dict[str, Any]:
             value = json.load(f)
     except json.JSONDecodeError as err:
         raise PretrainedError(f"{path} is not valid JSON: {err}") from err
+    except UnicodeDecodeError as err:
+        raise PretrainedError(f"{path} is not UTF-8 text (byte {err.start}); it is not a JSON config") from None
+    except OSError as err:
+        raise PretrainedError(f"cannot read {path}: {err.strerror or err}") from err
     if not isinstance(value, dict):
         raise PretrainedError(f"{path} does not hold a JSON object")
     return value
@@ -111,7 +116,15 @@ def weight_files(unet_dir: str) -> list[str]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise PretrainedError(f"{index} has no weight_map")
-        return [os.path.join(unet_dir, shard) for shard in sorted(set(weight_map.values()))]
+        root = os.path.realpath(unet_dir)
+        files = []
+        for shard in sorted(set(map(str, weight_map.values()))):
+            path = os.path.realpath(os.path.join(unet_dir, shard))
+            if os.path.isabs(shard) or os.path.dirname(path) != root:
+                raise PretrainedError(f"{index}: weight_map names {shard!r}, which is not a file in the model "
+                                      "directory; refusing to read files outside it")
+            files.append(path)
+        return files
     pickles = sorted(name for name in os.listdir(unet_dir) if name.endswith(PICKLE_SUFFIXES))
     if pickles:
         _refuse_pickle(os.path.join(unet_dir, pickles[0]))
@@ -129,7 +142,13 @@ def read_safetensors(files: list[str]) -> dict[str, np.ndarray]:
         try:
             with safe_open(path, framework="numpy") as f:
                 keys = list(f.keys())
-                bf16 = [k for k in keys if f.get_slice(k).get_dtype() == "BF16"]
+                dtypes = {k: f.get_slice(k).get_dtype() for k in keys}
+                not_float = sorted(k for k, dtype in dtypes.items() if dtype not in _FLOAT_DTYPES)
+                if not_float:
+                    raise PretrainedError(
+                        f"{path}: weights must be floating point; {not_float[0]} is {dtypes[not_float[0]]}"
+                        + (f" (and {len(not_float) - 1} more)" if len(not_float) > 1 else ""))
+                bf16 = [k for k in keys if dtypes[k] == "BF16"]
                 for key in keys:
                     if key in tensors:
                         raise PretrainedError(f"weight {key} appears in more than one shard")

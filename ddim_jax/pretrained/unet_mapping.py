@@ -89,6 +89,49 @@ def _require_value(config: Mapping[str, Any], key: str, allowed: tuple, what: st
         )
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_types(config: Mapping[str, Any]) -> None:
+    """Type and range checks of the keys the mapping reads, each a one-line PretrainedError."""
+    def bad(key: str, expected: str) -> PretrainedError:
+        return PretrainedError(f"config.json: {key} must be {expected}, got {config[key]!r}")
+
+    for key in ("in_channels", "out_channels", "layers_per_block", "norm_num_groups"):
+        if not _is_int(config[key]) or config[key] < 1:
+            raise bad(key, "a positive integer")
+    for key in ("down_block_types", "up_block_types"):
+        if not isinstance(config[key], (list, tuple)) or not all(isinstance(v, str) for v in config[key]):
+            raise bad(key, "a list of block type names")
+    channels = config["block_out_channels"]
+    if (not isinstance(channels, (list, tuple)) or not channels
+            or not all(_is_int(c) and c >= 1 for c in channels)):
+        raise bad("block_out_channels", "a non-empty list of positive integers")
+    size = config["sample_size"]
+    sizes = size if isinstance(size, (list, tuple)) else [size]
+    if size is not None and (not sizes or not all(_is_int(v) and v >= 1 for v in sizes)):
+        raise bad("sample_size", "a positive integer (or a pair of them)")
+    for key in ("time_embedding_dim", "attention_head_dim", "attn_norm_num_groups"):
+        if config[key] is not None and (not _is_int(config[key]) or config[key] < 1):
+            raise bad(key, "a positive integer or null")
+    if not _is_number(config["dropout"]) or not 0.0 <= config["dropout"] < 1.0:
+        raise bad("dropout", "a number in [0, 1)")
+    if not _is_number(config["norm_eps"]) or not config["norm_eps"] > 0:
+        raise bad("norm_eps", "a positive number")
+    if not _is_number(config["freq_shift"]):
+        raise bad("freq_shift", "a number")
+    if not isinstance(config["flip_sin_to_cos"], bool):
+        raise bad("flip_sin_to_cos", "true or false")
+    if any(c % config["norm_num_groups"] for c in channels):
+        raise PretrainedError(f"config.json: block_out_channels {list(channels)} are not all divisible by "
+                              f"norm_num_groups={config['norm_num_groups']}")
+
+
 def unet_kwargs_from_diffusers_config(raw_config: Mapping[str, Any]) -> dict[str, Any]:
     """Maps a diffusers ``UNet2DModel`` ``config.json`` onto :class:`~ddim_jax.models.UNet` kwargs.
 
@@ -106,6 +149,7 @@ def unet_kwargs_from_diffusers_config(raw_config: Mapping[str, Any]) -> dict[str
     if unknown:
         raise PretrainedError(f"unsupported UNet2DModel config keys: {', '.join(unknown)}")
     config = {**_UNET2D_DEFAULTS, **{k: v for k, v in raw_config.items() if not k.startswith("_")}}
+    _check_types(config)
 
     _require_value(config, "time_embedding_type", ("positional",))
     _require_value(config, "center_input_sample", (False,))
