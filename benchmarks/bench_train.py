@@ -21,6 +21,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import configs.cifar10
@@ -48,6 +49,8 @@ def random_params(config, seed: int = 0):
 def jax_stepper(config):
     """(one synchronised step, parameter count) of our jitted train step."""
     state = train_state.state_from_params(config, random_params(config))
+    # params and ema_params start as the same arrays; the step donates both, so copy every leaf.
+    state = jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), state)
     step = jax.jit(train_lib.make_train_step(config), donate_argnums=(0,))
     size, channels, batch_size = config.data.image_size, config.data.channels, config.training.batch_size
     batch = np.random.default_rng(0).uniform(-1, 1, (batch_size, size, size, channels)).astype(np.float32)
