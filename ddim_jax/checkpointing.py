@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -182,6 +183,24 @@ def _one_line(err: BaseException, limit: int = 160) -> str:
     return f"{type(err).__name__}: {first[:limit]}{'...' if len(first) > limit else ''}"
 
 
+def _silence_closed_loop_noise() -> None:
+    """A failed orbax restore leaves tensorstore callbacks aimed at its closed asyncio loop; each
+    prints "RuntimeError: Event loop is closed" with a traceback through ``sys.unraisablehook``.
+    They are harmless: drop exactly those, pass everything else to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_ddim_jax_filter", False):
+        return
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._ddim_jax_filter = True
+    sys.unraisablehook = hook
+
+
 def _newest_verified(manager: ocp.CheckpointManager, load: Callable[[int], Any],
                      on_fallback: Callable[[str], None]) -> tuple[int, Any, dict[int, str]]:
     """``(step, load(step), bad)`` for the newest step whose ``load`` succeeds; ``bad`` maps each
@@ -190,6 +209,7 @@ def _newest_verified(manager: ocp.CheckpointManager, load: Callable[[int], Any],
     if not steps:
         raise CheckpointError(f"no complete checkpoint in {manager.directory} (only partial or no saves)")
     bad: dict[int, str] = {}
+    _silence_closed_loop_noise()   # before the first restore: a failing one emits it while failing
     for step in steps:
         try:
             result = load(step)

@@ -468,3 +468,15 @@ def test_bad_alphas_cumprod_is_refused_by_name(bad, message):
         sample(_eps, x_T, SEQ, bad(AC))
     with pytest.raises(ValueError, match="encode: alphas_cumprod"):
         encode(_eps, x_T, SEQ, bad(AC))
+
+
+def test_sample_cli_falls_back_in_one_warning_line(trained, tmp_path, subprocess_env):
+    path = _copy(trained, tmp_path)
+    _damage(path, "garble_manifest")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), "--workdir", path, "--steps", "2",
+                             "--num", "2", "--out", str(tmp_path / "x.npz"), "--noprogress"],
+                            cwd=REPO, capture_output=True, text=True, timeout=240, env=subprocess_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: checkpoint 4 is unusable"), result.stderr[-2000:]
+    assert "step 2" in result.stdout
