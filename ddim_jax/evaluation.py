@@ -275,6 +275,7 @@ def plot_metric(records: Sequence[Mapping[str, Any]], metric_key: str, path: str
     figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
     def group(record):
         solver, variance, guidance = _row(record)
+        variance = variance if variance == "sigma-hat" else f"eta={variance}"
         return (record["skip"], solver, variance, "" if guidance is None else f"s={guidance:g}")
 
     for key in sorted({group(r) for r in rows}):
