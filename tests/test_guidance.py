@@ -273,8 +273,10 @@ def test_label_all_grid_has_one_class_per_row(workdir, tmp_path):
 
 def test_other_modes_take_labels(workdir, tmp_path, capsys):
     sample_lib.run(_options(workdir, tmp_path / "i.png", mode="interpolate", num=2, label="all", guidance=2.0))
-    sample_lib.run(_options(workdir, tmp_path / "c.png", mode="consistency", num=2, step_counts=(3,), label=5))
-    mse = sample_lib.run(_options(workdir, tmp_path / "r.png", mode="reconstruct", num=2, step_counts=(3,)))
+    sample_lib.run(_options(workdir, tmp_path / "c.png", mode="consistency", num=2, steps=None, step_counts=(3,),
+                            label=5))
+    mse = sample_lib.run(_options(workdir, tmp_path / "r.png", mode="reconstruct", num=2, steps=None,
+                                  step_counts=(3,)))
     assert "label=real guidance=1" in capsys.readouterr().out and np.isfinite(mse[3])
 
 

@@ -337,7 +337,7 @@ def test_published_ddpm_configs_map_to_the_paper_models():
     assert cifar10 == dict(
         ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.0, resamp_with_conv=True,
         out_ch=3, num_groups=32, norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1.0, downsample_padding=0,
-        attn_head_dim=None, sample_size=32, in_channels=3,
+        attn_head_dim=None, num_classes=0, sample_size=32, in_channels=3,
     )
     # The 256x256 LSUN/CelebA-HQ ladder (1, 1, 2, 2, 4, 4) with attention at 16x16.
     lsun = unet_kwargs_from_diffusers_config(_published_config(

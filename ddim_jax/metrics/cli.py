@@ -75,7 +75,7 @@ def _dataset_source(name: str, split: str, data_dir: str | None):
     from ddim_jax.input_pipeline import open_source
 
     config = ml_collections.ConfigDict({"data": {"name": name, "data_dir": data_dir}})
-    return open_source(config, split)
+    return open_source(config, split, with_labels=False)
 
 
 def _build_parser() -> argparse.ArgumentParser:
