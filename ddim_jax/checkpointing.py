@@ -216,12 +216,13 @@ def _newest_verified(manager: ocp.CheckpointManager, load: Callable[[int], Any],
         except CheckpointError as err:
             if "does not match its checksum" not in str(err) and not str(err).startswith("could not"):
                 raise  # e.g. the config does not fit this run: not a damaged checkpoint
-            bad[step] = str(err)
+            bad[step] = " ".join(str(err).split())
         except Exception as err:  # unreadable files, a missing item, garbled metadata
             bad[step] = f"checkpoint {step} cannot be read ({_one_line(err)})"
         else:
             if bad:
-                on_fallback(f"checkpoint {max(bad)} is unusable ({bad[max(bad)]}); "
+                reason = " ".join(bad[max(bad)].split())   # one line, whatever the error text holds
+                on_fallback(f"checkpoint {max(bad)} is unusable ({reason}); "
                             f"using checkpoint {step}, the newest one that verifies")
             return step, result, bad
     newest = steps[0]
