@@ -21,8 +21,9 @@ import time
 import jax
 import numpy as np
 
+from benchmarks.bench_train import random_params
 from ddim_jax import batching, loading, sample_spec
-from ddim_jax.models import abstract_params, create_model
+from ddim_jax.models import create_model
 from ddim_jax.schedules import make_alphas_cumprod
 from ddim_jax.train_state import image_shape
 
@@ -30,16 +31,7 @@ from ddim_jax.train_state import image_shape
 def random_model(config, seed: int = 0) -> loading.LoadedModel:
     """The config's UNet with random params drawn from its parameter shapes (no init compile)."""
     model = create_model(config)
-    shapes = abstract_params(model, image_shape(config))
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, shape_dtype):
-        noise = rng.standard_normal(shape_dtype.shape).astype(np.float32)
-        if path[-1].key == "kernel":
-            return noise / np.sqrt(np.prod(shape_dtype.shape[:-1]))
-        return (1.0 if path[-1].key == "scale" else 0.0) + 0.1 * noise
-
-    return loading.LoadedModel(model=model, params=jax.tree_util.tree_map_with_path(leaf, shapes),
+    return loading.LoadedModel(model=model, params=random_params(config, seed),
                                alphas_cumprod=make_alphas_cumprod(config.diffusion),
                                image_shape=image_shape(config), config=config)
 
