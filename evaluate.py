@@ -22,12 +22,14 @@ import sys
 
 from absl import app, flags, logging
 
-from ddim_jax import distributed, evaluation
-from ddim_jax.command_line import normalize_argv
-from ddim_jax.loading import load_pretrained, load_run
+from ddim_jax import evaluation
+from ddim_jax.cli.entry import fail, user_errors
+from ddim_jax.cli.flags import normalize_argv
+from ddim_jax.generation.loading import load_pretrained, load_run
+from ddim_jax.generation.sampler_spec import SampleError
 from ddim_jax.metrics import RESIZE_MODES
-from ddim_jax.precision import PrecisionError, with_precision
-from ddim_jax.sample_spec import SampleError
+from ddim_jax.models.precision import PrecisionError, with_precision
+from ddim_jax.parallel import processes
 from ddim_jax.solvers import SOLVERS
 
 FLAGS = flags.FLAGS
@@ -56,7 +58,7 @@ flags.DEFINE_string("precision", None, "Network compute precision, fp32 or bf16 
                     "config.model.dtype); recorded in each record.")
 flags.DEFINE_list("guidance", None, "Class-conditional runs: classifier-free guidance scales (rows; default 1). "
                   "Image i is of class i mod K; the digits metric then also reports accuracy.")
-distributed.define_flags()
+processes.define_flags()
 
 DEFAULT_NUM = {"inception": 50_000, "digits": 2_000}
 
@@ -77,7 +79,7 @@ def _floats(name: str, values) -> list[float]:
 
 def run() -> list[dict]:
     """Everything evaluate.py does; raises SampleError (one line) for user errors."""
-    distributed.initialize(FLAGS)
+    processes.initialize(FLAGS)
     steps, etas = _ints("steps", FLAGS.steps), _floats("eta", FLAGS.eta)
     seeds = _ints("seeds", FLAGS.seeds) if FLAGS.seeds else [FLAGS.seed]
     loaded = (load_pretrained(FLAGS.pretrained) if FLAGS.pretrained
@@ -142,15 +144,13 @@ def main(argv):
         logging.set_verbosity(logging.ERROR)
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
+    with user_errors("evaluate.py", resume_note="finished cells are in table.json and finished shards are kept; "
+                     "rerun the same command to resume"):
         run()
-    except (SampleError, distributed.DistributedSetupError) as error:
-        _fail(str(error))
 
 
 def _fail(message: str) -> None:
-    print(f"evaluate.py: error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(1)
+    fail("evaluate.py", message)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ r"""Sample images from a trained ddim-jax run or a published DDPM checkpoint.
 
 `--out` ending in `.png` writes a grid; ending in `.npz` writes `images`, uint8 [N, H, W, C].
 Dashed spellings (`--batch-size`, `--sigma-hat`, `--no-ema`, `--no-clip`) are accepted too.
-User errors exit with status 1 and one line on stderr. The logic lives in `ddim_jax/sample_lib.py`.
+User errors exit with status 1 and one line on stderr. The logic lives in `ddim_jax/program.py`.
 Flags left out take the run's `config.sampling` values (steps, eta, skip, clipping, batch size, and
 the number of images of the `samples` mode).
 """
@@ -18,9 +18,11 @@ import sys
 
 from absl import app, flags, logging
 
-from ddim_jax import distributed, sample_lib
-from ddim_jax.command_line import normalize_argv
-from ddim_jax.sample_spec import SKIP_KINDS, SampleError
+from ddim_jax.cli.entry import fail, user_errors
+from ddim_jax.cli.flags import normalize_argv
+from ddim_jax.generation import program
+from ddim_jax.generation.sampler_spec import SKIP_KINDS
+from ddim_jax.parallel import processes
 from ddim_jax.solvers import SOLVERS
 
 FLAGS = flags.FLAGS
@@ -28,7 +30,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/digits", "Training run to sample (its latest good checkpoint).")
 flags.DEFINE_string("pretrained", None,
                     "A diffusers-format UNet2DModel checkpoint (local dir or hub id) instead of --workdir.")
-flags.DEFINE_string("mode", "samples", f"One of {', '.join(sample_lib.MODES)}.")
+flags.DEFINE_string("mode", "samples", f"One of {', '.join(program.MODES)}.")
 flags.DEFINE_integer("steps", None, "S, the number of sampling steps (1..T); default: the run's config, else 20.")
 flags.DEFINE_float("eta", None, "Eq. 16's eta: 0 = DDIM (deterministic), 1 = DDPM; default: the run's config, else 0.")
 flags.DEFINE_bool("sigma_hat", False, "Use the larger variance sigma_hat (Table 1's last row) instead of eta.")
@@ -37,7 +39,7 @@ flags.DEFINE_string("skip", None,
 flags.DEFINE_integer("num", None,
                      "Images (samples, reconstruct, consistency) or rows (interpolate); default: the run's "
                      "config.sampling.num_samples for samples, else per mode: "
-                     + ", ".join(f"{mode} {num}" for mode, num in sample_lib.DEFAULT_NUM.items()) + ".")
+                     + ", ".join(f"{mode} {num}" for mode, num in program.DEFAULT_NUM.items()) + ".")
 flags.DEFINE_integer("batch_size", None,
                      "Images per batch, split over the local devices (default: the run's config, else 64).")
 flags.DEFINE_integer("seed", 0, "Same seed (and batch size), same images.")
@@ -48,7 +50,7 @@ flags.DEFINE_list("step_counts", None,
                   "Step counts for reconstruct / consistency (default 10,20,50,100[,1000], clipped to T).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_string("solver", None, f"Sampler, one of {', '.join(SOLVERS)} (default: the run's config, else ddim).")
-distributed.define_flags()
+processes.define_flags()
 flags.DEFINE_string("label", None,
                     "Class-conditional models: a class number N (every image of class N) or 'all' (image i of "
                     "class i mod K; grids have one class per row). Default 'all'; reconstruct: the real labels.")
@@ -73,7 +75,7 @@ def main(argv):
         step_counts = None if FLAGS.step_counts is None else [int(v) for v in FLAGS.step_counts]
     except ValueError:
         _fail(f"--step_counts must be comma-separated integers, got {','.join(FLAGS.step_counts)!r}")
-    options = sample_lib.SampleOptions(
+    options = program.SampleOptions(
         workdir=FLAGS.workdir,
         pretrained=FLAGS.pretrained,
         mode=FLAGS.mode,
@@ -94,16 +96,13 @@ def main(argv):
         guidance=FLAGS.guidance,
         precision=FLAGS.precision,
     )
-    try:
-        distributed.initialize(FLAGS)
-        sample_lib.run(options)
-    except (SampleError, distributed.DistributedSetupError) as error:
-        _fail(str(error))
+    with user_errors("sample.py", resume_note="finished shards are kept; rerun the same command to resume"):
+        processes.initialize(FLAGS)
+        program.run(options)
 
 
 def _fail(message: str) -> None:
-    print(f"sample.py: error: {message}", file=sys.stderr)
-    sys.exit(1)
+    fail("sample.py", message)
 
 
 if __name__ == "__main__":

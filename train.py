@@ -22,26 +22,21 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ddim_jax import checkpointing, config_utils, distributed, input_pipeline, precision, train_lib
+from ddim_jax.cli.entry import user_errors
+from ddim_jax.models import precision
+from ddim_jax.parallel import processes
+from ddim_jax.training import loop
 
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and sample grids.")
-distributed.define_flags()
+processes.define_flags()
 flags.DEFINE_bool("verbose", False, "Also show library (orbax, grain) INFO logs.")
 flags.DEFINE_string("precision", None, "fp32 or bf16 (mixed: float32 params, optimizer state, EMA and loss); "
                     "sets config.model.dtype (default: the config's).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Errors that mean "the user asked for something impossible", not "the code is wrong".
-USER_ERRORS = (
-    config_utils.ConfigError,
-    input_pipeline.DatasetNotPreparedError,
-    checkpointing.CheckpointError,
-    train_lib.NonFiniteLossError,
-    distributed.DistributedSetupError,
-)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -64,18 +59,12 @@ def main(argv):
         print(f"train.py: error: cannot load --config {path}: no such file, or not a Python config file "
               "with a get_config() function", file=sys.stderr)
         sys.exit(1)
-    if FLAGS.precision is not None:
-        try:
+    with user_errors("train.py", resume_note="checkpoints already written are kept; rerun the same command to "
+                     "resume from the newest one"):
+        if FLAGS.precision is not None:
             FLAGS.config.model.dtype = precision.parse_precision(FLAGS.precision)
-        except precision.PrecisionError as err:
-            print(f"train.py: error: {err}", file=sys.stderr)
-            sys.exit(1)
-    try:
-        distributed.initialize(FLAGS)
-        train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except USER_ERRORS as err:
-        print(f"train.py: error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(1)
+        processes.initialize(FLAGS)
+        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

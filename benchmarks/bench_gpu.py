@@ -43,7 +43,7 @@ from benchmarks import bench_train
 from benchmarks.torch_unet import TORCH_PRECISIONS, make_torch_unet, torch_ddim
 from ddim_jax import load_diffusers_unet, sample, timestep_sequence
 from ddim_jax.models import eps_fn_for
-from ddim_jax.precision import PRECISIONS
+from ddim_jax.models.precision import PRECISIONS
 from ddim_jax.schedules import make_alphas_cumprod
 
 NUM_FID_IMAGES = 50_000

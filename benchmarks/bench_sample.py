@@ -22,10 +22,10 @@ import jax
 import numpy as np
 
 from benchmarks.bench_train import random_params
-from ddim_jax import batching, loading, sample_spec
+from ddim_jax.generation import batching, loading, sampler_spec
 from ddim_jax.models import create_model
 from ddim_jax.schedules import make_alphas_cumprod
-from ddim_jax.train_state import image_shape
+from ddim_jax.training.train_state import image_shape
 
 
 def random_model(config, seed: int = 0) -> loading.LoadedModel:
@@ -40,7 +40,7 @@ def time_sampler(loaded, batch: int, steps: int, repeats: int) -> dict[str, floa
     from ddim_jax import timestep_sequence
 
     sampler = batching.BatchedSampler(loaded, batch)
-    spec = sample_spec.SamplerSpec(steps=steps, eta=0.0, skip="uniform", clip_x0=True)
+    spec = sampler_spec.SamplerSpec(steps=steps, eta=0.0, skip="uniform", clip_x0=True)
     seq = timestep_sequence(num_steps=steps, num_timesteps=loaded.num_timesteps, kind=spec.skip)
     x_T = np.asarray(jax.random.normal(jax.random.key(0), (sampler.batch_size,) + loaded.image_shape))
     key = jax.random.key(1)

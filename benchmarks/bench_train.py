@@ -5,7 +5,7 @@
 For the CIFAR-10 model (the paper's 35.7M-parameter UNet, at a small batch so that a CPU can run
 it) and the digits config (the offline default), it times
 
-- ours: the jitted ``train_lib.make_train_step`` (forward/backward, global-norm clip, Adam, EMA);
+- ours: the jitted ``objective.make_train_step`` (forward/backward, global-norm clip, Adam, EMA);
 - PyTorch: the same UNet as a diffusers ``UNet2DModel`` (``benchmarks/torch_unet.py``: the layout
   built from the same config) with the same step: L_simple on the same schedule,
   ``clip_grad_norm_`` at the same norm, Adam with the same lr / betas / eps and warmup, the EMA.
@@ -26,9 +26,9 @@ import numpy as np
 
 import configs.cifar10
 import configs.digits
-from ddim_jax import train_lib, train_state
 from ddim_jax.models import abstract_params, create_model
-from ddim_jax.precision import parse_precision
+from ddim_jax.models.precision import parse_precision
+from ddim_jax.training import objective, train_state
 
 
 def random_params(config, seed: int = 0):
@@ -51,7 +51,7 @@ def jax_stepper(config):
     state = train_state.state_from_params(config, random_params(config))
     # params and ema_params start as the same arrays; the step donates both, so copy every leaf.
     state = jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), state)
-    step = jax.jit(train_lib.make_train_step(config), donate_argnums=(0,))
+    step = jax.jit(objective.make_train_step(config), donate_argnums=(0,))
     size, channels, batch_size = config.data.image_size, config.data.channels, config.training.batch_size
     batch = np.random.default_rng(0).uniform(-1, 1, (batch_size, size, size, channels)).astype(np.float32)
     holder = [state]

@@ -4,7 +4,7 @@
   inverse of :func:`ddim_jax.pretrained.unet_kwargs_from_diffusers_config`; for
   ``configs/cifar10.py`` it is ``DDPM_CIFAR10_LAYOUT``), so both frameworks run the same network.
 - :func:`torch_ddim`: a plain PyTorch DDIM loop (eta = 0, paper Eq. 9 + Eq. 12), fp32 or autocast.
-- :class:`TorchTrainer`: one training step as ``train_lib.make_train_step`` does it: L_simple with
+- :class:`TorchTrainer`: one training step as ``ddim_jax.training.objective.make_train_step`` does it: L_simple with
   the same schedule, ``clip_grad_norm_(grad_clip_norm)``, Adam with the same lr / betas / eps and
   linear warmup, then the EMA update.
 

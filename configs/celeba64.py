@@ -7,7 +7,7 @@ in the defaults). TFDS's ``celeb_a`` must be prepared first (see the README).
     python train.py --config configs/celeba64.py --workdir runs/celeba64
 """
 
-from ddim_jax.config_utils import default_config
+from ddim_jax.training.schema import default_config
 
 
 def get_config():

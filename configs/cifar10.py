@@ -1,6 +1,6 @@
 """CIFAR-10 32x32: the DDPM recipe that the DDIM paper reuses (Ho et al. 2020; DDIM §5).
 
-The defaults in ``ddim_jax/config_utils.py`` already are this recipe, so this file only names the
+The defaults in ``ddim_jax/training/schema.py`` already are this recipe, so this file only names the
 dataset's extras. It reproduces the paper's CIFAR-10 settings:
 
 - the 35.7M-parameter UNet: ch 128, multipliers (1, 2, 2, 2), 2 residual blocks per level,
@@ -13,7 +13,7 @@ dataset's extras. It reproduces the paper's CIFAR-10 settings:
     python train.py --config configs/cifar10.py --workdir runs/cifar10
 """
 
-from ddim_jax.config_utils import default_config
+from ddim_jax.training.schema import default_config
 
 
 def get_config():

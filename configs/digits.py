@@ -6,7 +6,7 @@ person recognises as digits. Digits are not mirror-symmetric, so no flips.
     python train.py --config configs/digits.py --workdir runs/digits
 """
 
-from ddim_jax.config_utils import default_config
+from ddim_jax.training.schema import default_config
 
 
 def get_config():

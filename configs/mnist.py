@@ -5,7 +5,7 @@ Digits are not mirror-symmetric, so no flips. 28 = 7 * 4 allows two downsampling
     python train.py --config configs/mnist.py --workdir runs/mnist
 """
 
-from ddim_jax.config_utils import default_config
+from ddim_jax.training.schema import default_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
     python train.py --config configs/tiny.py --workdir /tmp/tiny
 """
 
-from ddim_jax.config_utils import default_config
+from ddim_jax.training.schema import default_config
 
 
 def get_config():

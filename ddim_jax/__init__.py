@@ -1,19 +1,25 @@
 """ddim-jax: Denoising Diffusion Implicit Models (Song, Meng & Ermon, ICLR 2021) in JAX/Flax.
 
-The math lives in pure, jittable functions (conventions: ``docs/conventions.md``):
+The math layer is this package's top level: pure, jittable functions with no application imports
+(conventions: ``docs/conventions.md``):
 
 - :mod:`ddim_jax.schedules` -- beta schedules, ``alphas_cumprod`` and timestep sub-sequences.
 - :mod:`ddim_jax.diffusion` -- the forward marginal (Eq. 4), x0 prediction (Eq. 9) and the
   generalized reverse step (Eq. 12 with sigma of Eq. 16).
-- :mod:`ddim_jax.sampling` -- the whole S-step sampler and the encoder (inversion) as one
-  ``lax.scan`` inside one ``jit``, and ``slerp`` for latent interpolation.
-- :mod:`ddim_jax.guidance` -- classifier-free guidance: ``guided_eps_fn`` (conditional and null
-  estimates in one batched call, for every solver) and ``labels_for``.
+- :mod:`ddim_jax.sampling` -- the S-step sampler and the encoder as one ``lax.scan`` in one ``jit``,
+  and ``slerp`` for latent interpolation.
+- :mod:`ddim_jax.solvers` -- the higher-order solvers' update rules.
+- :mod:`ddim_jax.guidance` -- classifier-free guidance in one batched call.
+- :mod:`ddim_jax.validation` -- the argument checks the layers above share.
 
-The application layer: ``models`` (the UNet), ``train_state`` / ``train_lib`` / ``checkpointing``
-(training), ``loading`` / ``batching`` / ``shards`` / ``sample_modes`` / ``sample_lib``
-(``sample.py``), ``pretrained`` (diffusers checkpoints).
+The application lives in subpackages, one role each (``docs/layout.md``): ``models`` (networks),
+``training``, ``generation`` (the ``sample.py`` program), ``evaluation``, ``metrics``,
+``pretrained``, ``io`` (atomic files, locks, checksums), ``parallel`` (meshes, processes) and
+``cli``. ``import ddim_jax`` loads only the math; ``UNet``, ``create_model`` and the diffusers
+loaders are imported on first use.
 """
+
+import importlib
 
 from ddim_jax.diffusion import (
     PREDICTION_TYPES,
@@ -25,8 +31,6 @@ from ddim_jax.diffusion import (
     predict_x0,
     sigma_hat_step,
 )
-from ddim_jax.models import UNet, create_model
-from ddim_jax.pretrained import load_diffusers_schedule, load_diffusers_unet
 from ddim_jax.sampling import encode, sample, slerp
 from ddim_jax.schedules import (
     BETA_SCHEDULES,
@@ -39,6 +43,26 @@ from ddim_jax.schedules import (
     timestep_sequence,
 )
 from ddim_jax.solvers import SOLVERS
+
+# Names whose modules import flax / the pretrained loaders: imported on first access.
+_LAZY = {
+    "UNet": "ddim_jax.models",
+    "create_model": "ddim_jax.models",
+    "load_diffusers_schedule": "ddim_jax.pretrained",
+    "load_diffusers_unet": "ddim_jax.pretrained",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ddim_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "BETA_SCHEDULES",

@@ -56,7 +56,7 @@ def tiny_run(tmp_path_factory):
     """A step-0 workdir of configs/tiny.py with random params, shared by the whole session (read-only:
     tests that change a workdir use ``workdir``)."""
     import configs.tiny
-    from ddim_jax.checkpointing import export_workdir
+    from ddim_jax.training.checkpoints import export_workdir
 
     path = str(tmp_path_factory.mktemp("tiny_run_shared"))
     export_workdir(path, configs.tiny.get_config(), _random_tiny_params())
@@ -67,7 +67,7 @@ def tiny_run(tmp_path_factory):
 def workdir(tmp_path_factory):
     """A step-0 workdir of configs/tiny.py with random params (``export_workdir``), once per module."""
     import configs.tiny
-    from ddim_jax.checkpointing import export_workdir
+    from ddim_jax.training.checkpoints import export_workdir
 
     path = str(tmp_path_factory.mktemp("tiny_run"))
     export_workdir(path, configs.tiny.get_config(), _random_tiny_params())

@@ -13,15 +13,16 @@ from PIL import Image
 
 import configs.tiny
 import configs.tiny_cond
-from ddim_jax import input_pipeline, sample_lib, sample_modes, sample_spec, train_lib
-from ddim_jax.checkpointing import export_workdir
-from ddim_jax.config_utils import ConfigError, validate_config
+from ddim_jax.generation import modes, program, sampler_spec
 from ddim_jax.guidance import guided_eps_fn, labels_for
-from ddim_jax.images import GRID_PADDING
+from ddim_jax.io.images import GRID_PADDING
 from ddim_jax.models import UNet, abstract_params, create_model, eps_fn_for
 from ddim_jax.sampling import encode, sample
 from ddim_jax.schedules import make_alphas_cumprod, timestep_sequence
 from ddim_jax.solvers import SOLVERS
+from ddim_jax.training import input_pipeline, loop, objective
+from ddim_jax.training.checkpoints import export_workdir
+from ddim_jax.training.schema import ConfigError, validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = (8, 8, 1)
@@ -108,14 +109,14 @@ def test_label_dropout_rate_and_determinism():
     labels = jnp.asarray(np.arange(40_000) % K, jnp.int32)
     key = jax.random.PRNGKey(3)
     for rate in (0.1, 0.3):
-        dropped = np.asarray(train_lib.drop_labels(key, labels, rate, K))
+        dropped = np.asarray(objective.drop_labels(key, labels, rate, K))
         is_null = dropped == K
         # 40k Bernoulli draws: std of the fraction ~0.0015 at 0.1; a rate of 0 or 2x is far outside.
         assert abs(is_null.mean() - rate) < 0.01, is_null.mean()
         np.testing.assert_array_equal(dropped[~is_null], np.asarray(labels)[~is_null])
-        np.testing.assert_array_equal(dropped, np.asarray(train_lib.drop_labels(key, labels, rate, K)))
-    assert not np.array_equal(train_lib.drop_labels(key, labels, 0.1, K),
-                              train_lib.drop_labels(jax.random.PRNGKey(4), labels, 0.1, K))
+        np.testing.assert_array_equal(dropped, np.asarray(objective.drop_labels(key, labels, rate, K)))
+    assert not np.array_equal(objective.drop_labels(key, labels, 0.1, K),
+                              objective.drop_labels(jax.random.PRNGKey(4), labels, 0.1, K))
 
 
 def test_the_loss_sees_dropped_labels_at_the_configured_rate():
@@ -128,7 +129,7 @@ def test_the_loss_sees_dropped_labels_at_the_configured_rate():
 
     x0 = jnp.zeros((20_000, 1, 1, 1))
     labels = jnp.zeros(20_000, jnp.int32)
-    train_lib.l_simple_loss(None, apply_fn, x0, jax.random.PRNGKey(0), make_alphas_cumprod(
+    objective.l_simple_loss(None, apply_fn, x0, jax.random.PRNGKey(0), make_alphas_cumprod(
         configs.tiny.get_config().diffusion), labels, label_dropout=0.2, null_label=K)
     assert abs(float(jnp.mean(seen[0] == K)) - 0.2) < 0.015
 
@@ -156,7 +157,7 @@ def test_tiny_conditional_training_runs(tmp_path):
     config = configs.tiny_cond.get_config()
     config.training.num_train_steps = 4
     config.training.sample_every_steps = 4
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     assert os.path.exists(tmp_path / "samples" / "step_0000004.png")
     with open(tmp_path / "metrics.jsonl") as f:
         assert all(np.isfinite(__import__("json").loads(line)["loss"]) for line in f)
@@ -251,12 +252,12 @@ def workdir(tmp_path_factory, cond):
 def _options(workdir, out, **overrides):
     values = dict(workdir=workdir, out=str(out), steps=3, num=20, batch_size=8, progress=False)
     values.update(overrides)
-    return sample_lib.SampleOptions(**values)
+    return program.SampleOptions(**values)
 
 
 def test_label_all_grid_has_one_class_per_row(workdir, tmp_path):
-    images = sample_lib.run(_options(workdir, tmp_path / "g.png", label="all", guidance=2.0))
-    upscale = sample_modes.GRID_MIN_IMAGE_SIZE // IMAGE[0]
+    images = program.run(_options(workdir, tmp_path / "g.png", label="all", guidance=2.0))
+    upscale = modes.GRID_MIN_IMAGE_SIZE // IMAGE[0]
     cell = IMAGE[0] * upscale + GRID_PADDING
     grid = np.asarray(Image.open(tmp_path / "g.png"))
     assert grid.shape[:2] == (K * cell + GRID_PADDING, 2 * cell + GRID_PADDING)  # 10 rows of 2
@@ -264,18 +265,18 @@ def test_label_all_grid_has_one_class_per_row(workdir, tmp_path):
     row3 = grid[3 * cell + GRID_PADDING: 4 * cell, GRID_PADDING: cell - GRID_PADDING + GRID_PADDING]
     expected = np.repeat(np.repeat(images[3, ..., 0], upscale, 0), upscale, 1)
     np.testing.assert_array_equal(row3.reshape(expected.shape), expected)
-    arranged, ncols = sample_modes.class_rows(images, labels_for(20, "all", K), K)
+    arranged, ncols = modes.class_rows(images, labels_for(20, "all", K), K)
     assert ncols == 2 and np.array_equal(arranged[7], images[13])
     # A fixed label differs from "all"; the shards of one setting are not reused by another.
-    same = sample_lib.run(_options(workdir, tmp_path / "one.npz", label="3", guidance=2.0))
+    same = program.run(_options(workdir, tmp_path / "one.npz", label="3", guidance=2.0))
     assert np.array_equal(same[3], images[3]) and not np.array_equal(same[0], images[0])
 
 
 def test_other_modes_take_labels(workdir, tmp_path, capsys):
-    sample_lib.run(_options(workdir, tmp_path / "i.png", mode="interpolate", num=2, label="all", guidance=2.0))
-    sample_lib.run(_options(workdir, tmp_path / "c.png", mode="consistency", num=2, steps=None, step_counts=(3,),
+    program.run(_options(workdir, tmp_path / "i.png", mode="interpolate", num=2, label="all", guidance=2.0))
+    program.run(_options(workdir, tmp_path / "c.png", mode="consistency", num=2, steps=None, step_counts=(3,),
                             label=5))
-    mse = sample_lib.run(_options(workdir, tmp_path / "r.png", mode="reconstruct", num=2, steps=None,
+    mse = program.run(_options(workdir, tmp_path / "r.png", mode="reconstruct", num=2, steps=None,
                                   step_counts=(3,)))
     assert "label=real guidance=1" in capsys.readouterr().out and np.isfinite(mse[3])
 
@@ -286,8 +287,8 @@ def test_other_modes_take_labels(workdir, tmp_path, capsys):
     (dict(guidance=-1.0), "--guidance must be a finite number >= 0"),
 ])
 def test_bad_label_and_guidance_are_one_line_errors(workdir, tmp_path, overrides, message):
-    with pytest.raises(sample_spec.SampleError) as error:
-        sample_lib.run(_options(workdir, tmp_path / "x.png", **overrides))
+    with pytest.raises(sampler_spec.SampleError) as error:
+        program.run(_options(workdir, tmp_path / "x.png", **overrides))
     assert message in str(error.value) and "\n" not in str(error.value)
 
 

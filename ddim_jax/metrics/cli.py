@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from ddim_jax.errors import UserError
 from ddim_jax.metrics.digits import save_digits_classifier, train_digits_classifier
 from ddim_jax.metrics.features import RESIZE_MODES, inception_features
 from ddim_jax.metrics.frechet import feature_statistics, save_statistics
@@ -33,7 +34,7 @@ from ddim_jax.metrics.inception import convert_inception_checkpoint, load_incept
 __all__ = ["main", "PngDirectory"]
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A command-line mistake: reported in one line, exit status 1."""
 
 
@@ -72,7 +73,7 @@ def _load_npz_images(path: str) -> np.ndarray:
 
 
 def _dataset_source(name: str, split: str, data_dir: str | None):
-    from ddim_jax.input_pipeline import open_source
+    from ddim_jax.training.input_pipeline import open_source
 
     config = ml_collections.ConfigDict({"data": {"name": name, "data_dir": data_dir}})
     return open_source(config, split, with_labels=False)

@@ -2,7 +2,7 @@
 
 Inception weights are not available everywhere and Inception on 8 x 8 images says little, so the
 embedded default (scikit-learn's 1,797 UCI digits, uint8 [N, 8, 8, 1], grey 0..16 scaled to 0..255
-as in ``ddim_jax.input_pipeline``) has its own network, shipped as ``digits_classifier.safetensors``
+as in ``ddim_jax.training.input_pipeline``) has its own network, shipped as ``digits_classifier.safetensors``
 (about 50k parameters):
 
     x / 127.5 - 1 -> conv3x3(32) ReLU -> maxpool 2 -> conv3x3(64) ReLU -> maxpool 2
@@ -49,7 +49,7 @@ import numpy as np
 import optax
 from safetensors.numpy import load_file, save
 
-from ddim_jax.images import atomic_write
+from ddim_jax.io.atomic import atomic_write
 from ddim_jax.metrics.frechet import feature_statistics, frechet_distance
 
 __all__ = [
@@ -91,7 +91,7 @@ def digits_dataset() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 digits as uint8 [1797, 8, 8, 1] (the training pipeline's scaling) and int labels [1797]."""
     from sklearn.datasets import load_digits
 
-    from ddim_jax.input_pipeline import _digits_uint8
+    from ddim_jax.training.input_pipeline import _digits_uint8
 
     return _digits_uint8(), np.asarray(load_digits().target, np.int32)
 

@@ -62,7 +62,7 @@ def _check_batch(batch: np.ndarray, name: str = "images_uint8") -> np.ndarray:
     """Validates a uint8 [B, H, W, C] batch (C in {1, 3}) and returns it with C = 3."""
     if batch.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8 [N, H, W, C] with values 0..255, got dtype {batch.dtype} "
-                         "(use ddim_jax.images.to_uint8 for images in [-1, 1])")
+                         "(use ddim_jax.io.images.to_uint8 for images in [-1, 1])")
     if batch.ndim != 4 or batch.shape[-1] not in (1, 3) or min(batch.shape[1:3]) < 1:
         raise ValueError(f"{name} must have shape [N, H, W, C] with C = 1 or 3, got {batch.shape}")
     return np.repeat(batch, 3, axis=-1) if batch.shape[-1] == 1 else batch

@@ -19,12 +19,13 @@ import warnings
 import numpy as np
 from scipy import linalg
 
-from ddim_jax.images import save_npz
+from ddim_jax.errors import UserError
+from ddim_jax.io.atomic import save_npz
 
 __all__ = ["feature_statistics", "frechet_distance", "save_statistics", "load_statistics", "StatisticsFileError"]
 
 
-class StatisticsFileError(ValueError):
+class StatisticsFileError(UserError, ValueError):
     """A statistics file that is missing or not in pytorch-fid's ``.npz`` format."""
 
 

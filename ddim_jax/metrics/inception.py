@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save
 
-from ddim_jax.images import atomic_write
+from ddim_jax.errors import UserError
+from ddim_jax.io.atomic import atomic_write
 
 __all__ = [
     "FEATURE_DIM",
@@ -59,7 +60,7 @@ WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_wei
 _BN_EPS = 1e-3
 
 
-class InceptionWeightsError(ValueError):
+class InceptionWeightsError(UserError, ValueError):
     """A missing, unreadable or mismatched Inception weights file."""
 
 

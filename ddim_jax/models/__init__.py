@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddim_jax.models.unet import UNet, UNetConfigError, create_model, timestep_embedding
+from ddim_jax.models.unet import UNet, UNetConfigError, create_model
+from ddim_jax.models.unet_blocks import timestep_embedding
 
 __all__ = ["UNet", "UNetConfigError", "create_model", "apply_model", "eps_fn_for", "abstract_params",
            "timestep_embedding"]

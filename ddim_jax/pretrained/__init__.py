@@ -25,7 +25,8 @@ weights) raises :class:`PretrainedError` naming the offending entries: nothing i
 parameter is left at its random initial value.
 """
 
-from ddim_jax.pretrained.export import export_pretrained_to_workdir, main, pretrained_run_config
+import importlib
+
 from ddim_jax.pretrained.files import PICKLE_SUFFIXES, PretrainedError, resolve_pretrained
 from ddim_jax.pretrained.schedule import load_diffusers_schedule
 from ddim_jax.pretrained.unet_mapping import (
@@ -50,3 +51,12 @@ __all__ = [
     "export_pretrained_to_workdir",
     "main",
 ]
+
+# The workdir export writes orbax checkpoints (the training stack): imported on first access.
+_EXPORT_NAMES = ("export_pretrained_to_workdir", "main", "pretrained_run_config")
+
+
+def __getattr__(name: str):
+    if name in _EXPORT_NAMES:
+        return getattr(importlib.import_module("ddim_jax.pretrained.export"), name)
+    raise AttributeError(f"module 'ddim_jax.pretrained' has no attribute {name!r}")

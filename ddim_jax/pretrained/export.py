@@ -9,11 +9,11 @@ import argparse
 import os
 import sys
 
-from ddim_jax import config_utils
-from ddim_jax.checkpointing import export_workdir
 from ddim_jax.pretrained.files import PretrainedError, resolve_pretrained
 from ddim_jax.pretrained.schedule import load_diffusers_schedule
 from ddim_jax.pretrained.unet_mapping import load_diffusers_unet, load_unet_config
+from ddim_jax.training import schema
+from ddim_jax.training.checkpoints import export_workdir
 
 
 def _default_dataset(channels: int, size: int) -> str:
@@ -41,7 +41,7 @@ def pretrained_run_config(path: str | os.PathLike, data_name: str | None = None)
     if schedule["beta_schedule"] is None:
         raise PretrainedError("the scheduler has explicit trained_betas, which a run config cannot describe")
 
-    config = config_utils.default_config()
+    config = schema.default_config()
     size, channels = kwargs["sample_size"], kwargs["in_channels"]
     config.data.name = data_name or _default_dataset(channels, size)
     config.data.image_size = size
@@ -58,7 +58,7 @@ def pretrained_run_config(path: str | os.PathLike, data_name: str | None = None)
     if schedule["skip"] is not None:
         config.sampling.skip = schedule["skip"]
     config.sampling.rederive_eps = False  # diffusers' DDIMScheduler keeps the model's eps when clipping
-    return config_utils.validate_config(config)
+    return schema.validate_config(config)
 
 
 def export_pretrained_to_workdir(name_or_path: str | os.PathLike, workdir: str | os.PathLike,

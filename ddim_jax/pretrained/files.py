@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ddim_jax.errors import UserError
+
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
@@ -24,7 +26,7 @@ _CONVERT_HINT = (
 )
 
 
-class PretrainedError(ValueError):
+class PretrainedError(UserError, ValueError):
     """A pretrained checkpoint cannot be found, read, or mapped onto the Flax UNet."""
 
 

@@ -1,0 +1,69 @@
+"""What a sampling run asks for: the sampler settings and the user-error type of sampling.
+
+:class:`SamplerSpec` is how to run the reverse process (S, eta or sigma-hat, the timestep spacing,
+clipping); :class:`SampleError` is the one-line user error that ``sample.py`` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ddim_jax.errors import UserError
+from ddim_jax.schedules import SCHEDULE_SPACINGS, SPACINGS
+from ddim_jax.solvers import SOLVERS
+
+SKIP_KINDS = SPACINGS + SCHEDULE_SPACINGS
+
+
+class SampleError(UserError, ValueError):
+    """A user error (bad flag, missing run, unreadable checkpoint): its message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """How to run the reverse process.
+
+    Attributes:
+      steps: S, the length of the timestep sub-sequence (1 <= S <= T).
+      eta: the eta of Eq. 16 (0 = DDIM, deterministic; 1 = DDPM's ancestral step).
+      sigma_hat: use the larger variance sigma_hat = sqrt(1 - a_t / a_prev) (Table 1's last row);
+        replaces eta.
+      skip: the timestep spacing ("uniform", "quad", "leading", "trailing", "linspace", or
+        "logsnr", which depends on the model's schedule).
+      clip_x0: clip the predicted x0 (Eq. 9) to [-1, 1] at every step.
+      solver: "ddim" (Eq. 12, with eta or sigma_hat) or a higher-order solver of
+        ``ddim_jax.solvers.SOLVERS`` (deterministic: eta = 0).
+    """
+
+    steps: int = 20
+    eta: float = 0.0
+    sigma_hat: bool = False
+    skip: str = "uniform"
+    clip_x0: bool = True
+    solver: str = "ddim"
+
+
+def validate_spec(spec: SamplerSpec, num_timesteps: int) -> None:
+    """Raise :class:`SampleError` naming the first problem with ``spec`` for a T-step model."""
+    if not isinstance(spec.steps, (int, np.integer)) or isinstance(spec.steps, bool):
+        raise SampleError(f"--steps must be an integer, got {spec.steps!r}")
+    if spec.steps < 1:
+        raise SampleError(f"--steps must be at least 1, got {spec.steps}")
+    if spec.steps > num_timesteps:
+        raise SampleError(
+            f"--steps={spec.steps} is above the model's number of training timesteps T={num_timesteps}"
+        )
+    if spec.skip not in SKIP_KINDS:
+        raise SampleError(f"unknown --skip={spec.skip!r}; choose one of {', '.join(SKIP_KINDS)}")
+    if not 0.0 <= spec.eta <= 1.0:
+        raise SampleError(f"--eta must be in [0, 1] (0 = DDIM, 1 = DDPM), got {spec.eta}")
+    if spec.sigma_hat and spec.eta != 0:
+        raise SampleError(
+            f"--sigma_hat replaces eta with the larger variance; drop --eta={spec.eta} or --sigma_hat"
+        )
+    if spec.solver not in SOLVERS:
+        raise SampleError(f"unknown --solver={spec.solver!r}; choose one of {', '.join(SOLVERS)}")
+    if spec.solver != "ddim" and (spec.eta != 0 or spec.sigma_hat):
+        raise SampleError(f"--solver={spec.solver} is deterministic; --eta and --sigma_hat need --solver=ddim")
