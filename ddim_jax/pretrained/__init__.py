@@ -20,11 +20,19 @@ Public API::
 
 CLI: ``python -m ddim_jax.pretrained --pretrained DIR_OR_HUB_ID --workdir runs/x``.
 
+PyTorch pickles are converted once, in an environment you trust, and never unpickled at load time:
+OpenAI's guided-diffusion (ADM) models and classifiers with ``convert-adm`` /
+``convert-adm-classifier`` (:mod:`~ddim_jax.pretrained.adm_convert`, loaded with ``load_adm``), the
+DDIM authors' ``ckpt.pth`` with ``convert-ddim-authors`` (:mod:`~ddim_jax.pretrained.ddim_authors`,
+written as a diffusers directory).
+
 Every mismatch (unknown config option or block type, missing / unexpected / wrongly shaped
 weights) raises :class:`PretrainedError` naming the offending entries: nothing is skipped and no
 parameter is left at its random initial value.
 """
 
+from ddim_jax.pretrained.adm_convert import adm_schedule, convert_adm, load_adm
+from ddim_jax.pretrained.ddim_authors import CELEBA_CONFIG, convert_ddim_authors
 from ddim_jax.pretrained.export import export_pretrained_to_workdir, main, pretrained_run_config
 from ddim_jax.pretrained.files import PICKLE_SUFFIXES, PretrainedError, resolve_pretrained
 from ddim_jax.pretrained.schedule import load_diffusers_schedule
@@ -49,4 +57,9 @@ __all__ = [
     "pretrained_run_config",
     "export_pretrained_to_workdir",
     "main",
+    "convert_adm",
+    "load_adm",
+    "adm_schedule",
+    "convert_ddim_authors",
+    "CELEBA_CONFIG",
 ]
