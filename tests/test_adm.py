@@ -1,4 +1,4 @@
-"""ADM (guided-diffusion) UNet and noisy classifier, their converters, and the DDIM authors' converter.
+"""ADM (guided-diffusion) UNet and noisy classifier, and their converters.
 
 The reference is ``guided-diffusion-sdk`` (a packaging of openai/guided-diffusion; dev extra). The
 released flag sets are checked at full size from abstract shapes only (parameter counts, and every
@@ -15,14 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from ddim_jax.models import UNet, abstract_params
+from ddim_jax.models import abstract_params
 from ddim_jax.models.adm import create_adm_classifier, create_adm_model
 from ddim_jax.models.adm_config import ADMConfigError, parse_flag_string
-from ddim_jax.pretrained import PretrainedError, load_adm, load_diffusers_schedule, load_diffusers_unet, main
+from ddim_jax.pretrained import PretrainedError, load_adm, main
 from ddim_jax.pretrained.adm_convert import adm_schedule
 from ddim_jax.pretrained.adm_mapping import convert_adm_state_dict, expected_tensors
-from ddim_jax.pretrained.ddim_authors import CELEBA_CONFIG, diffusers_name, unet2d_config
-from ddim_jax.pretrained.unet_mapping import unet_kwargs_from_diffusers_config
 
 torch = pytest.importorskip("torch")
 
@@ -389,153 +387,3 @@ def test_flag_errors_name_the_flag():
         create_adm_classifier(classifier_pool="spatial")
     with pytest.raises(ADMConfigError, match="classifier_num_head_channels"):
         create_adm_classifier(classifier_width=96)
-
-
-# --- The DDIM authors' CelebA model (ermongroup/ddim) -------------------------------------------------
-# A re-implementation of the structure of their models/diffusion.py Model with their parameter names,
-# written for this test: the converter's name map is checked against it, not against itself.
-
-
-def _authors_model(ch, ch_mult, num_res_blocks, attn_resolutions, resolution):
-    nn = torch.nn
-
-    def norm(c):
-        return nn.GroupNorm(32, c, eps=1e-6)
-
-    class Res(nn.Module):
-        def __init__(self, cin, cout, temb):
-            super().__init__()
-            self.norm1, self.conv1 = norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
-            self.temb_proj, self.norm2 = nn.Linear(temb, cout), norm(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-            if cin != cout:
-                self.nin_shortcut = nn.Conv2d(cin, cout, 1)
-
-        def forward(self, x, temb):
-            h = self.conv1(nn.functional.silu(self.norm1(x)))
-            h = h + self.temb_proj(nn.functional.silu(temb))[:, :, None, None]
-            h = self.conv2(nn.functional.silu(self.norm2(h)))  # dropout: eval mode
-            return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
-
-    class Attn(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.norm = norm(c)
-            self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
-
-        def forward(self, x):
-            b, c, hh, ww = x.shape
-            h = self.norm(x)
-            q, k, v = (m(h).reshape(b, c, hh * ww) for m in (self.q, self.k, self.v))
-            w = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / c ** 0.5, dim=2)
-            return x + self.proj_out(torch.einsum("bij,bcj->bci", w, v).reshape(b, c, hh, ww))
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            temb = 4 * ch
-            self.temb = nn.Module()
-            self.temb.dense = nn.ModuleList([nn.Linear(ch, temb), nn.Linear(temb, temb)])
-            self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
-            widths, res, self.down = [ch], resolution, nn.ModuleList()
-            cin = ch
-            for i, mult in enumerate(ch_mult):
-                level = nn.Module()
-                level.block, level.attn = nn.ModuleList(), nn.ModuleList()
-                for _ in range(num_res_blocks):
-                    level.block.append(Res(cin, ch * mult, temb))
-                    cin = ch * mult
-                    if res in attn_resolutions:
-                        level.attn.append(Attn(cin))
-                    widths.append(cin)
-                if i != len(ch_mult) - 1:
-                    level.downsample = nn.Module()
-                    level.downsample.conv = nn.Conv2d(cin, cin, 3, stride=2)
-                    res //= 2
-                    widths.append(cin)
-                self.down.append(level)
-            self.mid = nn.Module()
-            self.mid.block_1, self.mid.attn_1, self.mid.block_2 = Res(cin, cin, temb), Attn(cin), Res(cin, cin, temb)
-            self.up = nn.ModuleList()
-            for i in reversed(range(len(ch_mult))):
-                level = nn.Module()
-                level.block, level.attn = nn.ModuleList(), nn.ModuleList()
-                for _ in range(num_res_blocks + 1):
-                    level.block.append(Res(cin + widths.pop(), ch * ch_mult[i], temb))
-                    cin = ch * ch_mult[i]
-                    if res in attn_resolutions:
-                        level.attn.append(Attn(cin))
-                if i != 0:
-                    level.upsample = nn.Module()
-                    level.upsample.conv = nn.Conv2d(cin, cin, 3, padding=1)
-                    res *= 2
-                self.up.insert(0, level)
-            self.norm_out, self.conv_out = norm(cin), nn.Conv2d(cin, 3, 3, padding=1)
-
-        def forward(self, x, t):
-            half = ch // 2
-            freqs = torch.exp(-np.log(10000) / (half - 1) * torch.arange(half, dtype=torch.float32))
-            args = t.float()[:, None] * freqs[None]
-            temb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
-            temb = self.temb.dense[1](nn.functional.silu(self.temb.dense[0](temb)))
-            hs = [self.conv_in(x)]
-            for level in self.down:
-                for j, block in enumerate(level.block):
-                    h = block(hs[-1], temb)
-                    hs.append(level.attn[j](h) if len(level.attn) else h)
-                if hasattr(level, "downsample"):
-                    hs.append(level.downsample.conv(nn.functional.pad(hs[-1], (0, 1, 0, 1))))
-            h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(hs[-1], temb)), temb)
-            for i in reversed(range(len(self.up))):
-                level = self.up[i]
-                for j, block in enumerate(level.block):
-                    h = block(torch.cat([h, hs.pop()], dim=1), temb)
-                    h = level.attn[j](h) if len(level.attn) else h
-                if i != 0:
-                    h = level.upsample.conv(nn.functional.interpolate(h, scale_factor=2.0, mode="nearest"))
-            return self.conv_out(nn.functional.silu(self.norm_out(h)))
-
-    return Model()
-
-
-def test_ddim_authors_celeba_key_map_covers_the_paper_model():
-    """At the paper's CelebA size (meta device: shapes only), every name of the authors' Model maps
-    onto a distinct parameter of the diffusers-layout UNet with the same number of elements."""
-    config = CELEBA_CONFIG
-    with torch.device("meta"):
-        ref = _authors_model(config["ch"], config["ch_mult"], config["num_res_blocks"], config["attn_resolutions"], 64)
-    kwargs = unet_kwargs_from_diffusers_config(unet2d_config(config))
-    assert kwargs["ch_mult"] == (1, 2, 2, 2, 4) and kwargs["attn_resolutions"] == (16,) and kwargs["ch"] == 128
-    model = UNet(**{k: v for k, v in kwargs.items() if k not in ("sample_size", "in_channels")})
-    shapes = jax.tree_util.tree_flatten_with_path(abstract_params(model, (64, 64, 3)))[0]
-    ours = {".".join(p.key for p in path): int(np.prod(leaf.shape)) for path, leaf in shapes}
-    mapped = {diffusers_name(k, 5): v.numel() for k, v in ref.state_dict().items()}
-    assert len(mapped) == len(ref.state_dict()) == len(ours)
-    assert sum(mapped.values()) == sum(ours.values())
-    with pytest.raises(PretrainedError, match="unexpected weight"):
-        diffusers_name("down.0.block.0.bogus.weight", 5)
-
-
-def test_convert_ddim_authors_round_trip(tmp_path, capsys):
-    shape = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=16)
-    raw, ema = (_randomize(_authors_model(**shape), seed) for seed in (1, 2))
-    states = [{"module." + k: v for k, v in raw.state_dict().items()}, {"state": {}, "param_groups": []}, 3, 1000,
-              dict(ema.state_dict())]
-    torch.save(states, tmp_path / "ckpt.pth")
-    args = ["convert-ddim-authors", str(tmp_path / "ckpt.pth"), str(tmp_path / "out"), "--image_size", "16",
-            "--ch", "32", "--ch_mult", "1,2,2", "--num_res_blocks", "1", "--attn_resolutions", "8"]
-    assert main(args) == 0, capsys.readouterr().err
-    model, variables = load_diffusers_unet(tmp_path / "out")
-    x, t = _inputs(2, seed=9)
-    got = np.asarray(_apply(model, variables["params"], x, t))
-    assert _rel(got, _torch_forward(ema, x, t)) < 1e-5
-    assert _rel(got, _torch_forward(raw, x, t)) > 1e-2  # the EMA weights were taken
-    schedule = load_diffusers_schedule(tmp_path / "out")
-    np.testing.assert_allclose(schedule["betas"], np.linspace(1e-4, 0.02, 1000))
-    assert schedule["clip_sample"] is False and schedule["prediction_type"] == "eps"
-    # A bare EMA state dict with the module. prefix converts too; a wrong config is one line.
-    torch.save({"module." + k: v for k, v in ema.state_dict().items()}, tmp_path / "bare.pth")
-    assert main(args[:1] + [str(tmp_path / "bare.pth"), str(tmp_path / "bare")] + args[3:]) == 0
-    assert main(args[:1] + [str(tmp_path / "bare.pth"), str(tmp_path / "bad")] + args[3:-1] + ["16"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert "does not match the configured model" in err and "\n" not in err

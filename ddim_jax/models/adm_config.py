@@ -90,6 +90,7 @@ def parse_flag_string(text: str) -> dict[str, str]:
 
 
 def as_bool(field: str, value: Any) -> bool:
+    """A bool, or a string guided-diffusion's ``str2bool`` accepts (``"True"``, ``"f"``, ``"1"``...)."""
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
@@ -98,6 +99,7 @@ def as_bool(field: str, value: Any) -> bool:
 
 
 def as_int(field: str, value: Any, minimum: int | None = None) -> int:
+    """An int (or its decimal string), at least ``minimum``."""
     if isinstance(value, bool):
         raise ADMConfigError(field, f"must be an integer, got {value!r}")
     try:
@@ -112,6 +114,7 @@ def as_int(field: str, value: Any, minimum: int | None = None) -> int:
 
 
 def as_float(field: str, value: Any, low: float, high: float) -> float:
+    """A number in ``[low, high)``."""
     try:
         number = float(value) if not isinstance(value, bool) else None
     except (TypeError, ValueError):
