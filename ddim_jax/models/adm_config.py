@@ -145,6 +145,24 @@ def complete_flags(flags: Mapping[str, Any], defaults: Mapping[str, Any], what: 
     return {**defaults, **flags}
 
 
+def typed_flags(flags: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Every flag of ``defaults`` as a value of its default's type (``"True"`` -> True, ``"192"`` ->
+    192; list flags as guided-diffusion's comma-separated strings), for storing in a JSON config."""
+    typed: dict[str, Any] = {}
+    for key, default in defaults.items():
+        value = flags.get(key, default)
+        if isinstance(default, bool):
+            value = as_bool(key, value)
+        elif isinstance(default, int):
+            value = as_int(key, value)
+        elif isinstance(default, float):
+            value = as_float(key, value, float("-inf"), float("inf"))
+        elif isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        typed[key] = str(value) if isinstance(default, str) else value
+    return typed
+
+
 def _dtype(use_fp16: bool, dtype: str | None) -> str:
     if dtype is None:
         return "bfloat16" if use_fp16 else "float32"

@@ -40,6 +40,7 @@ from ddim_jax.models.adm_config import (
     as_int,
     complete_flags,
     parse_flag_string,
+    typed_flags,
 )
 from ddim_jax.pretrained.adm_mapping import check_state_dict, convert_adm_state_dict
 from ddim_jax.pretrained.files import PretrainedError, read_json, read_safetensors
@@ -56,7 +57,8 @@ _SAMPLING_FLAGS = {"classifier_scale": 1.0}
 
 
 def _split_flags(flags: Mapping[str, Any], architecture: str) -> tuple[dict, dict, dict]:
-    """(model or classifier flags, diffusion flags, sampling flags), each completed with defaults."""
+    """(model or classifier flags as given, diffusion flags completed with their defaults, sampling
+    flags as given); a flag of none of them is an error."""
     model_defaults = MODEL_DEFAULTS if architecture == "ADMUNet" else CLASSIFIER_DEFAULTS
     known = {**model_defaults, **DIFFUSION_DEFAULTS, **_SAMPLING_FLAGS}
     complete_flags(flags, known, "model" if architecture == "ADMUNet" else "classifier")
@@ -105,15 +107,14 @@ def adm_schedule(settings: Mapping[str, Any]) -> dict[str, Any]:
     ``linear`` is DDPM's linspace(1e-4, 0.02) scaled by ``1000 / T``; ``cosine`` is Nichol & Dhariwal's
     (s = 0.008, betas capped at 0.999), both as in guided-diffusion's ``gaussian_diffusion.py``.
     """
-    steps = int(settings["diffusion_steps"])
-    scale = 1000.0 / steps
-    beta_start, beta_end = scale * 1e-4, scale * 0.02
-    try:
-        betas = make_betas(settings["noise_schedule"], steps, beta_start, beta_end)
+    steps, kind = int(settings["diffusion_steps"]), settings["noise_schedule"]
+    beta_start, beta_end = 1e-4 * 1000.0 / steps, 0.02 * 1000.0 / steps
+    try:  # (cosine ignores beta_start / beta_end; pass valid ones whatever T is)
+        betas = make_betas(kind, steps, *((beta_start, beta_end) if kind == "linear" else (1e-4, 0.02)))
     except ValueError as err:
         raise PretrainedError(f"bad diffusion settings: {err}") from err
     return dict(
-        betas=betas, num_timesteps=steps, prediction_type="eps", beta_schedule=settings["noise_schedule"],
+        betas=betas, num_timesteps=steps, prediction_type="eps", beta_schedule=kind,
         beta_start=beta_start, beta_end=beta_end, clip_sample=True, skip=None,
         learn_sigma=bool(settings["learn_sigma"]), rescale_timesteps=bool(settings["rescale_timesteps"]),
         timestep_respacing=str(settings["timestep_respacing"]),
@@ -148,23 +149,18 @@ def convert_adm(pt_path: str | os.PathLike, out_dir: str | os.PathLike, flags: s
         model = build_adm(architecture, model_flags)
     except ADMConfigError as err:
         raise PretrainedError(f"--flags: {err}") from None
-    defaults = MODEL_DEFAULTS if architecture == "ADMUNet" else CLASSIFIER_DEFAULTS
-    model_flags = {**defaults, **model_flags}
+    model_flags = typed_flags(model_flags, MODEL_DEFAULTS if architecture == "ADMUNet" else CLASSIFIER_DEFAULTS)
     state = torch_state_to_numpy(load_torch_file(pt_path), pt_path)
     image_size = int(model_flags["image_size"])
     check_state_dict(state, model, image_size, os.path.basename(pt_path))
     config = dict(format=FORMAT, format_version=FORMAT_VERSION, architecture=architecture,
-                  flags={k: _jsonable(v) for k, v in model_flags.items()}, diffusion=settings, sampling=sampling,
+                  flags=model_flags, diffusion=settings, sampling=sampling,
                   image_size=image_size, source=os.path.basename(pt_path))
     prepare_out_dir(out_dir)
     save_file(state, os.path.join(out_dir, WEIGHTS_NAME))
     with open(os.path.join(out_dir, CONFIG_NAME), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     return config
-
-
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def read_adm_config(path: str | os.PathLike) -> dict[str, Any]:
