@@ -4,7 +4,9 @@ classifier (:mod:`ddim_jax.models.adm`), and the one calling convention.
 Every noise network here is called as ``apply_model(model, x, t, params)``:
 ``x [B, H, W, C]`` float, ``t`` int32 ``[B]`` -> ``[B, H, W, C]``; training adds ``dropout_key``,
 and a class-conditional model (``num_classes > 0``) takes ``labels`` int32 ``[B]`` (``num_classes``
-is the null class; ``None`` means the null class for all).
+is the null class; ``None`` means the null class for all). The ADM UNet has no null class: a
+class-conditional one requires labels in ``0 .. num_classes - 1``, and with ``learn_sigma`` it
+returns ``[B, H, W, 2 C]`` (eps, then the variance interpolation).
 """
 
 import functools
