@@ -1,7 +1,8 @@
 """The GPU benchmark: one Markdown table of sampling and training speed, ours vs PyTorch.
 
-    bash benchmarks/gpu.sh                        # on a CUDA machine (installs the cuda12 extra)
-    python -m benchmarks.bench_gpu [--batches 256,1024] [--steps 10,20,50,100] [--repeats 2]
+    bash benchmarks/gpu_offline.sh                # on the offline accelerator machine (carried wheels)
+    bash benchmarks/gpu.sh                        # on a CUDA machine with the network (cuda12 extra)
+    python -m benchmarks.bench_gpu [--batches 256,1024] [--steps 10,20,50,100] [--repeats 2] [--budget-s 450]
     python -m benchmarks.bench_gpu --cpu-smoke    # tiny UNet, batch 2, S = 2, one repeat (tested)
 
 Rows of the table:
@@ -14,15 +15,28 @@ Rows of the table:
   ``save_pretrained`` (safetensors) and converted with :func:`ddim_jax.load_diffusers_unet`; the
   last column is ``max |x0 - x0_torch_fp32| / max |x0_torch_fp32|`` from the same x_T. For ours
   the compile column is the XLA compile time (ahead of time, excluded from the throughput); for
-  PyTorch it is the first (warm-up) call. At S = 20 the projected wall time of 50,000 images.
+  PyTorch it is a one-step warm-up call. Every timed call includes fetching x0 to the host. At
+  S = 20 the projected wall time of 50,000 images.
+- **measured run**: one real run of ``--measure-images`` (50,000, in whole batches of the largest
+  batch) at ``--measure-steps`` (20) with ours (``--measure-precision``, fp32): fresh noise per batch,
+  each batch fetched and converted to uint8 images; its wall time.
 - **train**: training steps/s (``benchmarks/bench_train.py``: our jitted step vs the same recipe in
   PyTorch) at ``--train-batch``.
 - **memory**: the compiled sampler's ``memory_analysis()`` (temp + argument + output bytes) at
   S = 10 and S = 1000: the scan carries one state, so memory does not grow with S.
 
+**Budget** (``--budget-s``): the blocks run in this order: the largest batch at S = 20 (always; it
+calibrates the estimates), the measured run, training, the other sampling cells from the cheapest
+(batch x S) up, memory. Before each block its cost is estimated from what was measured so far (a
+compile at a batch already compiled costs what the last one did, at a new batch what the slowest
+did; run time scales with batch x S), times 1.5; a block that does not fit in what is left becomes a
+row "skipped (budget: ...)". ``bench_gpu.md`` and ``bench_gpu.json`` (``--out``, default ``$OUT``)
+are rewritten after every block, so a run killed at its time limit keeps what it measured.
+
 Runs alternate between implementations (interleaved repeats, medians). When jax sees no GPU, or
 torch has no CUDA, the PyTorch rows run on the CPU only with ``--cpu-smoke``; otherwise they are
-marked as skipped.
+marked as skipped. Nothing here checks the pinned versions: the versions in use are printed and
+written (the offline machine runs its own jax 0.11.2 against the pinned 0.10.2).
 """
 
 from __future__ import annotations
@@ -166,7 +180,9 @@ class SamplingBench:
         size, channels = config.data.image_size, config.data.channels
         self.image_shape = (size, size, channels)
         self.compiled: dict[tuple[str, int, int], Any] = {}
-        self.compile_s: dict[str, float] = {}  # precision -> the largest compile seen
+        # (precision, batch) -> compile seconds in order: the first at a batch autotunes its kernels
+        # (cold), the next ones at that batch reuse what it found (warm).
+        self.compile_s: dict[tuple[str, int], list[float]] = {}
         self.step_s: dict[tuple[str, str], float] = {}  # (impl, precision) -> the largest s per image-step seen
 
     def sampler(self, precision: str, batch: int, steps: int):
@@ -179,13 +195,22 @@ class SamplingBench:
                                    batch, steps, self.image_shape)
         seconds = time.perf_counter() - start
         self.compiled[key] = compiled
-        self.compile_s[precision] = max(self.compile_s.get(precision, 0.0), seconds)
+        self.compile_s.setdefault((precision, batch), []).append(seconds)
         return compiled, seconds
+
+    def compile_estimate(self, precision: str, batch: int) -> float:
+        """Seconds of the next compile: the last one at this batch, else the slowest (cold) one seen."""
+        seen = self.compile_s.get((precision, batch))
+        if seen:
+            return seen[-1]
+        return max((s for times in self.compile_s.values() for s in times), default=COLD_COMPILE_GUESS_S)
+
+    def slowest_compile(self) -> float:
+        return max((s for times in self.compile_s.values() for s in times), default=COLD_COMPILE_GUESS_S)
 
     def estimate(self, batch: int, steps: int) -> float:
         """Seconds one cell would take (compiles, warm-up, repeats), scaled by SAFETY."""
-        compiles = sum(self.compile_s.get(p, COLD_COMPILE_GUESS_S) for p in PRECISIONS
-                       if (p, batch, steps) not in self.compiled)
+        compiles = sum(self.compile_estimate(p, batch) for p in PRECISIONS if (p, batch, steps) not in self.compiled)
         runs = sum(rate * batch * steps * (self.repeats + 1) for rate in self.step_s.values())
         return SAFETY * (compiles + runs)
 
@@ -229,17 +254,18 @@ class SamplingBench:
                              throughput="skipped (torch has no CUDA)"))
         return rows
 
-    def measure_run(self, num_images: int, batch: int, steps: int, budget: Budget) -> list[dict]:
-        """One measured run of ``num_images`` (rounded up to whole batches) with ours fp32: fresh
-        noise per batch, every batch fetched to the host as uint8 images; wall time of the whole."""
+    def measure_run(self, num_images: int, batch: int, steps: int, budget: Budget,
+                    precision: str = "fp32") -> list[dict]:
+        """One measured run of ``num_images`` (rounded up to whole batches) with ours: fresh noise per
+        batch, every batch fetched to the host as uint8 images; wall time of the whole."""
         calls = -(-num_images // batch)
-        rate = self.step_s.get(("ours", "fp32"))
+        rate = self.step_s.get(("ours", precision))
         estimate = SAFETY * ((rate * batch * steps * calls) if rate else float("inf"))
-        estimate += 0 if ("fp32", batch, steps) in self.compiled else self.compile_s.get("fp32", COLD_COMPILE_GUESS_S)
-        row = dict(task="measured run", impl="ours", precision="fp32", batch=batch, steps=steps)
+        estimate += 0 if (precision, batch, steps) in self.compiled else self.compile_estimate(precision, batch)
+        row = dict(task="measured run", impl="ours", precision=precision, batch=batch, steps=steps)
         if not budget.allows(estimate):
             return [dict(row, throughput=f"{calls * batch:,} images: " + budget.note(estimate))]
-        compiled, _ = self.sampler("fp32", batch, steps)
+        compiled, _ = self.sampler(precision, batch, steps)
         noise = jax.jit(lambda key: jax.random.normal(key, (batch,) + self.image_shape, jnp.float32))
         jax.block_until_ready(noise(jax.random.key(0)))
         start = time.perf_counter()
@@ -295,14 +321,17 @@ def bench_training(config, batch: int, steps: int, torch_device: str | None) -> 
     return rows
 
 
-def bench_memory(config, batch: int) -> list[dict]:
-    model_config = config.copy_and_resolve_references()
-    from ddim_jax.models import abstract_params, create_model
+def bench_memory(config, batch: int, bench: SamplingBench | None = None) -> list[dict]:
+    """The fp32 sampler's memory at S = 10 and S = 1000 (``bench``'s compiled samplers when given)."""
+    if bench is not None:
+        memory = {steps: memory_bytes(bench.sampler("fp32", batch, steps)[0]) for steps in (10, 1000)}
+    else:
+        from ddim_jax.models import abstract_params, create_model
 
-    model = create_model(model_config)
-    size, channels = config.data.image_size, config.data.channels
-    params = abstract_params(model, (size, size, channels))  # shapes suffice to compile
-    memory = sampling_memory(model, params, make_alphas_cumprod(config.diffusion), batch, (size, size, channels))
+        model = create_model(config.copy_and_resolve_references())
+        size, channels = config.data.image_size, config.data.channels
+        params = abstract_params(model, (size, size, channels))  # shapes suffice to compile
+        memory = sampling_memory(model, params, make_alphas_cumprod(config.diffusion), batch, (size, size, channels))
     return [dict(task="memory", impl="ours", precision="fp32", batch=batch, steps=steps,
                  memory=f"{sizes['total'] / 2**20:,.1f} MiB (temp {sizes['temp'] / 2**20:,.1f})")
             for steps, sizes in memory.items()]
@@ -334,12 +363,10 @@ def markdown_table(rows: list[dict]) -> str:
 
 def plan_cells(batches: Sequence[int], step_counts: Sequence[int]) -> list[tuple[int, int]]:
     """The sampling cells in the order they run: the largest batch at S = 20 (else the first S) first,
-    the rest of that batch, then the other batches; so a budget cuts the least wanted cells."""
-    first_batch = max(batches)
-    first_steps = 20 if 20 in step_counts else step_counts[0]
-    order = [first_batch] + [b for b in batches if b != first_batch]
-    steps = [first_steps] + [s for s in step_counts if s != first_steps]
-    return [(batch, s) for batch in order for s in steps]
+    then the others from the cheapest (batch x S) up, so that a budget cuts the costliest ones."""
+    first = (max(batches), 20 if 20 in step_counts else step_counts[0])
+    rest = sorted({(b, s) for b in batches for s in step_counts} - {first}, key=lambda cell: (cell[0] * cell[1], cell))
+    return [first] + rest
 
 
 TASK_ORDER = ("sample", "measured run", "train", "memory")
@@ -363,14 +390,16 @@ def write_outputs(out_dir: Path, caption: str, rows: list[dict], meta: dict) -> 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny UNet, batch 2, S = 2, one repeat, on CPU")
-    parser.add_argument("--batches", default="256,1024")
-    parser.add_argument("--steps", default="10,20,50,100", help="sampling step counts S")
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls per row (median)")
+    parser.add_argument("--batches", default=None, help="sampling batches (default 256,1024; smoke: 2)")
+    parser.add_argument("--steps", default=None, help="sampling step counts S (default 10,20,50,100; smoke: 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per row (median; smoke: 1)")
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--train-steps", type=int, default=10, help="timed training steps per row (median)")
     parser.add_argument("--measure-images", type=int, default=NUM_FID_IMAGES,
                         help="images of the one measured run (ours fp32, largest batch; 0: none)")
-    parser.add_argument("--measure-steps", type=int, default=20, help="S of the measured run")
+    parser.add_argument("--measure-steps", type=int, default=20, help="S of the measured run (smoke: 2)")
+    parser.add_argument("--measure-precision", default="fp32", choices=tuple(PRECISIONS),
+                        help="precision of the measured run")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="wall-clock budget: a block whose estimate does not fit is skipped with a note")
     parser.add_argument("--skip", default="", help="comma-separated blocks not to run: measured,train,memory")
@@ -384,18 +413,19 @@ def main(argv: Sequence[str] | None = None) -> str:
 
     budget = Budget(args.budget_s)
     if args.cpu_smoke:
-        config, batches, step_counts, repeats = tiny_config(), [2], [2], 1
+        config, batches, step_counts, repeats = tiny_config(), args.batches or "2", args.steps or "2", 1
         train_batch, train_steps, torch_device = 2, 1, "cpu"
         measure_images, measure_steps = min(args.measure_images, 4), 2
     else:
         config, repeats = cifar10_config(), args.repeats
-        batches = [int(b) for b in args.batches.split(",")]
-        step_counts = [int(s) for s in args.steps.split(",")]
+        batches, step_counts = args.batches or "256,1024", args.steps or "10,20,50,100"
         train_batch, train_steps = args.train_batch, args.train_steps
         measure_images, measure_steps = args.measure_images, args.measure_steps
         torch_device = "cuda" if torch.cuda.is_available() else None
         if torch_device == "cuda":
             torch.backends.cudnn.benchmark = True
+    batches = [int(b) for b in batches.split(",")]
+    step_counts = [int(s) for s in step_counts.split(",")]
     device = jax.devices()[0]
     torch_name = torch.cuda.get_device_name() if torch_device == "cuda" else torch_device or "-"
     meta = dict(versions=versions_line(), jax_device=f"{device.device_kind} ({device.platform})",
@@ -427,17 +457,18 @@ def main(argv: Sequence[str] | None = None) -> str:
     cells = plan_cells(batches, step_counts)
     flush(sampling_cell_or_skip(bench, *cells[0], budget))
     if measure_images > 0 and "measured" not in skip:
-        flush(bench.measure_run(measure_images, cells[0][0], measure_steps, budget))
+        flush(bench.measure_run(measure_images, cells[0][0], measure_steps, budget, args.measure_precision))
     # Training: two train-step compiles (forward + backward, about twice a sampler's) and PyTorch's warm-up.
-    estimate = SAFETY * (2 * 2 * max(bench.compile_s.values()) + 10.0)
+    estimate = SAFETY * (2 * 2 * bench.slowest_compile() + 10.0)
     if "train" not in skip:
         flush(bench_training(config, train_batch, train_steps, torch_device) if budget.allows(estimate) else
               [dict(task="train", impl="-", precision="-", batch=train_batch, throughput=budget.note(estimate))])
     for batch, steps in cells[1:]:
         flush(sampling_cell_or_skip(bench, batch, steps, budget))
-    estimate = SAFETY * 2 * max(bench.compile_s.values())
+    estimate = SAFETY * sum(bench.compile_estimate("fp32", batches[0]) for steps in (10, 1000)
+                            if ("fp32", batches[0], steps) not in bench.compiled)
     if "memory" not in skip:
-        flush(bench_memory(config, batches[0]) if budget.allows(estimate) else
+        flush(bench_memory(config, batches[0], bench) if budget.allows(estimate) else
               [dict(task="memory", impl="ours", precision="fp32", batch=batches[0], memory=budget.note(estimate))])
     table = write_outputs(out_dir, caption(), rows, dict(meta, elapsed_s=budget.elapsed()))
     print(caption() + "\n\n" + table, flush=True)

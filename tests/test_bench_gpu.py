@@ -51,6 +51,24 @@ def test_cpu_smoke_prints_one_markdown_table(capsys, tmp_path):
     assert all(np.isfinite(float(r["s per call"])) for r in by_task["sample"])
 
 
+def test_cells_run_headline_first_then_cheapest_first():
+    cells = bench_gpu.plan_cells([256, 1024], [10, 20, 50, 100])
+    assert cells[0] == (1024, 20) and len(set(cells)) == 8
+    costs = [batch * steps for batch, steps in cells[1:]]
+    assert costs == sorted(costs)
+
+
+def test_budget_skips_what_does_not_fit_with_a_note(tmp_path):
+    bench_gpu.main(["--cpu-smoke", "--steps", "2,3", "--budget-s", "0.001", "--skip", "train,memory",
+                    "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "bench_gpu.json").read_text())["rows"]
+    measured = [r for r in rows if r["task"] == "sample" and r.get("seconds")]
+    assert {(r["batch"], r["steps"]) for r in measured} == {(2, 2)} and len(measured) == 5  # calibration cell
+    skipped = [(r["task"], r.get("steps")) for r in rows if "skipped (budget" in str(r.get("throughput"))]
+    assert skipped == [("sample", 3), ("measured run", 2)]
+    assert "skipped (budget" in (tmp_path / "bench_gpu.md").read_text()
+
+
 # --- The offline device entry point (benchmarks/gpu_offline.sh), simulated on the CPU --------------
 #
 # The accelerator machine has no network, its own python3 with jax/torch/... (DEVICE_PREINSTALLED)
@@ -167,7 +185,7 @@ def test_offline_entry_point_installs_the_wheels_and_runs_the_smoke_benchmark(de
     report = json.loads((out / "bench_gpu.json").read_text())
     tasks = [row["task"] for row in report["rows"]]
     assert tasks.count("sample") == 5 and tasks.count("measured run") == 1 and "train" not in tasks
-    assert "diffusers 0.42.1" in report["versions"] and report["budget_s"] == 420
+    assert "diffusers 0.42.1" in report["versions"] and report["budget_s"] == 450
     assert "| sample | ours | fp32 | 2 | 2 |" in (out / "bench_gpu.md").read_text()
 
 
