@@ -396,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--train-steps", type=int, default=10, help="timed training steps per row (median)")
     parser.add_argument("--measure-images", type=int, default=NUM_FID_IMAGES,
-                        help="images of the one measured run (ours fp32, largest batch; 0: none)")
+                        help="images of the one measured run (ours, largest batch; 0: none)")
     parser.add_argument("--measure-steps", type=int, default=20, help="S of the measured run (smoke: 2)")
     parser.add_argument("--measure-precision", default="fp32", choices=tuple(PRECISIONS),
                         help="precision of the measured run")

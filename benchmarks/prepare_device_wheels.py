@@ -225,11 +225,18 @@ def resolve(roots: Iterable[str], fetch: Callable[[str, str | None, str], Path],
     return wheels
 
 
-def tree_bytes(repo: Path = REPO_ROOT) -> int:
-    """Bytes of what a device call sends besides carried paths: tracked and untracked-not-ignored files."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    return sum((repo / name).stat().st_size for name in listed if name and (repo / name).is_file())
+def tree_bytes(repo: Path = REPO_ROOT, dest: Path | None = None) -> int:
+    """Bytes of what a device call sends besides carried paths: tracked and untracked-not-ignored files
+    (without git: every file but .git, virtual environments, caches and ``dest``)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+        paths = [repo / name for name in listed if name]
+    except (OSError, subprocess.CalledProcessError):
+        skip = {".git", ".venv", "__pycache__", ".pytest_cache"}
+        paths = [p for p in repo.rglob("*") if not skip & set(p.relative_to(repo).parts)
+                 and (dest is None or dest.resolve() not in p.resolve().parents)]
+    return sum(path.stat().st_size for path in paths if path.is_file())
 
 
 def folder_bytes(folder: Path) -> int:
@@ -264,7 +271,7 @@ def prepare(dest: Path, from_installed: bool = False, limit_mib: float = LIMIT_M
             path.unlink()  # another version, or no longer needed: one version per package
     for _, path in sorted(wheels.items()):
         print(f"  {path.name}  {path.stat().st_size / 2**20:.2f} MiB")
-    wheel_mib, tree_mib = folder_bytes(dest) / 2**20, tree_bytes() / 2**20
+    wheel_mib, tree_mib = folder_bytes(dest) / 2**20, tree_bytes(dest=dest) / 2**20
     print(f"{dest}: {len(wheels)} wheels, {wheel_mib:.1f} MiB; working tree {tree_mib:.1f} MiB; "
           f"together {wheel_mib + tree_mib:.1f} of {limit_mib:g} MiB")
     if wheel_mib + tree_mib > limit_mib:
