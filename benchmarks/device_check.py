@@ -2,8 +2,9 @@
 
     python -m benchmarks.device_check --site /tmp/site [--backend gpu|cpu]
 
-1. Every distribution installed from the carried wheels (``--site``) has its requirements met by what
-   is importable here (markers evaluated for this interpreter; extras followed one level).
+1. Every distribution installed from the carried wheels (``--site``) has its requirements installed
+   here (markers evaluated for this interpreter; extras followed one level): a missing one stops the
+   run; one at a version outside the declared range is printed as a warning (the imports decide).
 2. The modules the benchmark imports import: diffusers, ml_collections, grain, ddim_jax,
    benchmarks.bench_gpu (and through them jax, flax, torch).
 3. jax's default backend is ``--backend`` and, for ``gpu``, torch sees CUDA.
@@ -43,9 +44,10 @@ def _default_markers() -> dict[str, str]:
     return dict(default_environment())
 
 
-def unmet_requirements(site: Path) -> list[str]:
-    """Requirements of the distributions in ``site`` that nothing importable here satisfies."""
-    problems = []
+def unmet_requirements(site: Path) -> list[tuple[bool, str]]:
+    """(missing, message) for each requirement of the distributions in ``site`` that is not met here:
+    ``missing`` when no such distribution is installed, else its version is outside the specifier."""
+    problems: list[tuple[bool, str]] = []
     markers = _default_markers()
     for dist in importlib.metadata.distributions(path=[str(site)]):
         for requirement in active_requirements(dist.requires or [], (), markers):
@@ -53,18 +55,18 @@ def unmet_requirements(site: Path) -> list[str]:
     return problems
 
 
-def _check(requirement: Requirement, who: str, markers: dict[str, str]) -> list[str]:
+def _check(requirement: Requirement, who: str, markers: dict[str, str]) -> list[tuple[bool, str]]:
     try:
         version = importlib.metadata.version(requirement.name)
     except importlib.metadata.PackageNotFoundError:
-        return [f"{who} needs {requirement}, which is not installed"]
+        return [(True, f"{who} needs {requirement}, which is not installed")]
     if not requirement.specifier.contains(version, prereleases=True):
-        return [f"{who} needs {requirement}, but {requirement.name} {version} is installed"]
+        return [(False, f"{who} needs {requirement}, but {requirement.name} {version} is installed")]
     if not requirement.extras:
         return []
     base = {str(r) for r in active_requirements(importlib.metadata.requires(requirement.name) or [], (), markers)}
     extra = active_requirements(importlib.metadata.requires(requirement.name) or [], requirement.extras, markers)
-    problems = []
+    problems: list[tuple[bool, str]] = []
     for inner in extra:
         if str(inner) not in base and canonical(inner.name) != canonical(requirement.name):
             problems += _check(Requirement(str(inner).split(";")[0]), f"{who} (via {requirement})", markers)
@@ -90,8 +92,11 @@ def check(site: Path | None, backend: str) -> str:
     """Runs the checks; returns the versions-and-devices line or raises :class:`CheckError`."""
     if site is not None:
         problems = unmet_requirements(site)
-        if problems:
-            raise CheckError(problems[0] + " (add its wheel: python -m benchmarks.prepare_device_wheels)")
+        missing = [message for is_missing, message in problems if is_missing]
+        if missing:
+            raise CheckError(missing[0] + " (add its wheel: python -m benchmarks.prepare_device_wheels)")
+        for _, message in problems:  # another version than declared: the imports below decide
+            print(f"device_check: warning: {message}", file=sys.stderr, flush=True)
     import_torchvision()  # diffusers imports torchvision when it is installed: make that import work
     for module in MODULES:
         try:

@@ -15,7 +15,7 @@ import pytest
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 import configs.cifar10
-from benchmarks import bench_gpu, prepare_device_wheels
+from benchmarks import bench_gpu, device_check, prepare_device_wheels
 from benchmarks.torch_unet import diffusers_unet_kwargs
 from ddim_jax.pretrained import DDPM_CIFAR10_LAYOUT
 
@@ -208,3 +208,17 @@ def test_offline_entry_point_stops_in_one_line_when_a_wheel_is_missing(device, t
 def test_prepare_refuses_when_tree_and_wheels_exceed_the_limit(tmp_path):
     with pytest.raises(prepare_device_wheels.PrepareError, match="exceed the 0.5 MiB"):
         prepare_device_wheels.prepare(tmp_path, from_installed=True, limit_mib=0.5, roots=("ml-collections",))
+
+
+def test_preflight_stops_on_a_missing_requirement_and_warns_on_a_version(tmp_path):
+    info = tmp_path / "carried-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: carried\nVersion: 1.0\n"
+                                   "Requires-Dist: numpy<1\nRequires-Dist: surely-not-installed-here\n"
+                                   "Requires-Dist: absent-on-this-os; sys_platform == 'nonexistent'\n")
+    problems = device_check.unmet_requirements(tmp_path)
+    assert sorted(problems) == [
+        (False, f"carried 1.0 needs numpy<1, but numpy {importlib.metadata.version('numpy')} is installed"),
+        (True, "carried 1.0 needs surely-not-installed-here, which is not installed")]
+    with pytest.raises(device_check.CheckError, match="surely-not-installed-here, which is not installed"):
+        device_check.check(tmp_path, "cpu")
