@@ -207,9 +207,9 @@ def resolve(roots: Iterable[str], fetch: Callable[[str, str | None, str], Path],
             new = [extra for extra in requirement.extras if (name, extra) not in seen_extras]
             seen_extras.update((name, extra) for extra in new)
             requires = installed_requires(name) if new else None
-            if requires:
-                extra_only = set(map(str, active_requirements(requires, (), markers)))
-                queue += [r for r in active_requirements(requires, new, markers) if str(r) not in extra_only]
+            if requires:  # only what the extras add to the (preinstalled) base requirements
+                base = set(map(str, active_requirements(requires, (), markers)))
+                queue += [r for r in active_requirements(requires, new, markers) if str(r) not in base]
             continue
         if name in wheels:
             version = parse_wheel_filename(wheels[name].name)[1]
