@@ -10,6 +10,9 @@
 # without one it runs the CPU smoke mode (--cpu-smoke: tiny UNet, batch 2, S = 2). The dev extra pins a
 # CPU torch: set TORCH_INDEX_URL to reinstall torch from a CUDA wheel index, else the PyTorch rows say
 # "skipped (torch has no CUDA)".
+#
+# On the offline accelerator machine (no network, its own jax and torch) use benchmarks/gpu_offline.sh
+# with the wheels that benchmarks/prepare_device_wheels.py prepares here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
