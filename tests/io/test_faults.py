@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -255,6 +256,45 @@ def test_a_changed_train_extra_is_a_corrupt_step(trained, tmp_path, field, rando
     assert step == 4 and not messages   # sampling does not read train_extra
     state, _, step = _restore_for_training(path, messages)
     assert step == 2 and "train_extra does not match its checksum" in messages[0], messages
+
+
+@pytest.mark.parametrize("damage", ["garble", "directory"])
+def test_orbax_step_metadata_errors_stay_off_the_terminal(trained, tmp_path, caplog, damage):
+    """A garbled or unreadable ``_CHECKPOINT_METADATA`` (orbax's timestamps; the data still verifies)
+    used to print an absl ``E1202 ... Failed to read Metadata file`` line beside the output."""
+    path = _copy(trained, tmp_path)
+    metadata = os.path.join(path, "checkpoints", "4", "_CHECKPOINT_METADATA")
+    os.remove(metadata)
+    if damage == "garble":
+        open(metadata, "w").write("{garbled")
+    else:
+        os.makedirs(metadata)
+    with caplog.at_level("WARNING"):
+        _, params, step = load_for_sampling(path, on_fallback=pytest.fail)
+    assert step == 4 and _equal(params, trained[1][4])
+    assert not [record for record in caplog.records if "Metadata file" in record.getMessage()]
+
+
+def test_orbax_coroutines_collected_after_a_failed_restore_print_nothing(monkeypatch):
+    """What a failed restore leaves behind: orbax coroutines that raise when collected, and
+    callbacks on its closed loop. Both are dropped; any other unraisable reaches the previous hook."""
+    from orbax.checkpoint._src.path import async_path
+
+    from ddim_jax.training import checkpoint_noise
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    checkpoint_noise.install()
+    coroutine = async_path.exists(tmp := os.path.dirname(__file__))
+    try:
+        sys.unraisablehook(SimpleNamespace(exc_value=RuntimeError("coroutine ignored GeneratorExit"),
+                                           object=coroutine))
+        sys.unraisablehook(SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None))
+    finally:
+        coroutine.close()
+    other = SimpleNamespace(exc_value=RuntimeError("a real problem"), object=tmp)
+    sys.unraisablehook(other)
+    assert seen == [other]
 
 
 def test_a_bad_newest_step_never_costs_the_good_one(trained, tmp_path):
