@@ -13,8 +13,9 @@ from PIL import Image
 
 import configs.tiny
 import configs.tiny_cond
+from ddim_jax.errors import UserError
 from ddim_jax.generation import modes, program, sampler_spec
-from ddim_jax.guidance import guided_eps_fn, labels_for
+from ddim_jax.guidance import GuidanceError, guided_eps_fn, labels_for
 from ddim_jax.io.images import GRID_PADDING
 from ddim_jax.models import UNet, abstract_params, create_model, eps_fn_for
 from ddim_jax.sampling import encode, sample
@@ -234,9 +235,84 @@ def test_every_solver_samples_guided_and_scale_one_is_conditional_sampling(cond,
 def test_labels_for():
     np.testing.assert_array_equal(labels_for(5, "all", 3, start=4), [1, 2, 0, 1, 2])
     np.testing.assert_array_equal(labels_for(3, 2, 3), [2, 2, 2])
+    np.testing.assert_array_equal(labels_for(3, np.int64(2), 3), [2, 2, 2])
+    np.testing.assert_array_equal(labels_for(3, "2", 3), [2, 2, 2])
     np.testing.assert_array_equal(labels_for(2, "null", 3), [3, 3])
     with pytest.raises(ValueError, match="not a class"):
         labels_for(2, 3, 3)
+
+
+@pytest.mark.parametrize("label, message", [
+    (1.5, "must be an integer class number"),      # used to be class 1
+    (1.0, "must be an integer class number"),
+    (True, "must be an integer class number"),
+    ("1.5", "must be a class number or 'all'"),
+    (-1, r"-1 is not a class of this model \(0..9\)"),    # the null class only by its name
+    (K, r"10 is not a class of this model \(0..9\)"),
+    (None, "must be an integer class number"),
+])
+def test_labels_for_refuses_what_is_not_a_class(label, message):
+    with pytest.raises(GuidanceError, match=message) as info:
+        labels_for(4, label, K)
+    assert isinstance(info.value, UserError) and "\n" not in str(info.value)
+
+
+GUIDED_X = jnp.ones((4,) + IMAGE, jnp.float32)
+GUIDED_T = jnp.full((4,), 500, jnp.int32)
+
+
+def _label_eps(x, t, params, labels):
+    """A stand-in network that looks each label up in a table of K + 1 rows, as the UNet does
+    (index -1 wraps to the null row, K + 1 reads NaN): what invalid labels used to produce."""
+    table = jnp.arange(K + 1, dtype=jnp.float32)
+    return x * jnp.take(table, labels, mode="fill", fill_value=jnp.nan)[:, None, None, None]
+
+
+@pytest.mark.parametrize("labels, scale, message", [
+    (jnp.array([0, 1, 2, -1]), 2.0, r"labels must be classes 0..9 or the null class 10, got values in \[-1, 2\]"),
+    (jnp.array([0, 1, 2, K + 1]), 2.0, r"labels must .* got values in \[0, 11\]"),
+    (jnp.array([0, 1, 2, -11]), 2.0, r"labels must .* got values in \[-11, 2\]"),
+    (1.7, 2.0, "labels must be integer class numbers, got dtype float"),
+    (jnp.array([1.0, 2.0, 3.0, 4.0]), 2.0, "labels must be integer class numbers, got dtype float32"),
+    (jnp.array([True, False, True, False]), 2.0, "labels must be integer class numbers, got dtype bool"),
+    (jnp.array([0, 1, 2]), 2.0, r"labels must be a scalar or have shape \[B\] = \(4,\), got shape \(3,\)"),
+    (jnp.array([0, 1, 2, 3]), float("nan"), "scale must be finite, got nan"),
+    (jnp.array([0, 1, 2, 3]), float("inf"), "scale must be finite, got inf"),
+    (jnp.array([0, 1, 2, 3]), jnp.array([1.0, 2.0, 3.0, 4.0]), r"scale must be a scalar, got shape \(4,\)"),
+])
+def test_guided_eps_fn_refuses_invalid_labels_and_scales(labels, scale, message):
+    guided = guided_eps_fn(_label_eps, K)
+    with pytest.raises(GuidanceError, match="guided_eps_fn: " + message) as info:
+        guided(GUIDED_X, GUIDED_T, None, labels, scale)
+    assert isinstance(info.value, UserError) and "\n" not in str(info.value)
+    # The checks that need no values (dtype, shape) hold inside sample's jit as well.
+    if not isinstance(labels, float) and labels.dtype == jnp.int32 and np.shape(labels) == (4,) \
+            and np.shape(scale) == ():
+        return
+    with pytest.raises(GuidanceError, match="guided_eps_fn: "):
+        sample(guided, GUIDED_X, timestep_sequence(2, 1000), make_alphas_cumprod(configs.tiny.get_config().diffusion),
+               eps_fn_args=(None, labels, scale))
+
+
+def test_guided_eps_fn_takes_classes_the_null_class_and_a_scalar_label():
+    guided = guided_eps_fn(_label_eps, K)
+    out = guided(GUIDED_X, GUIDED_T, None, jnp.array([0, 3, 9, K]), 2.0)
+    np.testing.assert_allclose(out[:, 0, 0, 0], 2.0 * np.array([0, 3, 9, K]) - K)
+    np.testing.assert_allclose(guided(GUIDED_X, GUIDED_T, None, 3, 1)[:, 0, 0, 0], 3.0)
+
+
+def test_generation_layer_checks_labels_before_sampling(workdir, monkeypatch):
+    """Labels enter sampling in BatchedSampler: out-of-range values are refused there, in one line,
+    before anything is traced (inside sample's jit only their dtype and shape can be checked)."""
+    from ddim_jax.generation import batching, loading
+
+    sampler = batching.BatchedSampler(loading.load_run(workdir), batch_size=2)
+    monkeypatch.setattr(batching, "sample", lambda *a, **k: pytest.fail("sampled with invalid labels"))
+    x_T = np.zeros((2,) + IMAGE, np.float32)
+    spec = sampler_spec.SamplerSpec(steps=2)
+    for labels, guidance in (([0, -1], 2.0), ([0, K + 1], 1.0), ([0, 1, 2], 2.0), ([0, 1], float("inf"))):
+        with pytest.raises(GuidanceError):
+            sampler.decode_batch(x_T, np.array([999, 0]), spec, jax.random.PRNGKey(0), np.asarray(labels), guidance)
 
 
 # ----------------------------------------------------------------------------- sample.py
