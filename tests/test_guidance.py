@@ -14,14 +14,14 @@ from PIL import Image
 import configs.tiny
 import configs.tiny_cond
 from ddim_jax.errors import UserError
-from ddim_jax.generation import modes, program, sampler_spec
+from ddim_jax.generation import loading, modes, program, sampler_spec, shards
 from ddim_jax.guidance import GuidanceError, guided_eps_fn, labels_for
-from ddim_jax.io.images import GRID_PADDING
+from ddim_jax.io.images import GRID_PADDING, to_uint8
 from ddim_jax.models import UNet, abstract_params, create_model, eps_fn_for
 from ddim_jax.sampling import encode, sample
 from ddim_jax.schedules import make_alphas_cumprod, timestep_sequence
 from ddim_jax.solvers import SOLVERS
-from ddim_jax.training import input_pipeline, loop, objective
+from ddim_jax.training import input_pipeline, loop, objective, train_state
 from ddim_jax.training.checkpoints import export_workdir
 from ddim_jax.training.schema import ConfigError, validate_config
 
@@ -133,6 +133,25 @@ def test_the_loss_sees_dropped_labels_at_the_configured_rate():
     objective.l_simple_loss(None, apply_fn, x0, jax.random.PRNGKey(0), make_alphas_cumprod(
         configs.tiny.get_config().diffusion), labels, label_dropout=0.2, null_label=K)
     assert abs(float(jnp.mean(seen[0] == K)) - 0.2) < 0.015
+
+
+def test_the_real_train_step_drops_labels_to_the_null_class_k(cond):
+    """Through ``objective.make_train_step`` (not the helpers): every class row of the embedding but
+    the null row K is NaN, and nearly every label is dropped; the loss is finite only if the step
+    drops labels to K (with ``num_classes - 1`` it reads a NaN row)."""
+    _, _, params = cond
+    config = configs.tiny_cond.get_config()
+    config.training.label_dropout = 0.999
+    table = np.array(params["class_embedding"]["embedding"])
+    table[:K] = np.nan
+    params = {**params, "class_embedding": {"embedding": table}}
+    state = train_state.state_from_params(config, params)
+    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (8,) + IMAGE, minval=-1, maxval=1))
+    labels = np.arange(8, dtype=np.int32)
+    key = jax.random.fold_in(state.rng, state.step)   # the step's key, as the step derives it
+    assert np.all(np.asarray(objective.drop_labels(key, labels, 0.999, K)) == K)   # all dropped with this key
+    _, metrics = jax.jit(objective.make_train_step(config))(state, (images, labels))
+    assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"])), metrics
 
 
 def test_pipeline_yields_images_with_their_digit_labels():
@@ -329,6 +348,25 @@ def _options(workdir, out, **overrides):
     values = dict(workdir=workdir, out=str(out), steps=3, num=20, batch_size=8, progress=False)
     values.update(overrides)
     return program.SampleOptions(**values)
+
+
+def test_sample_py_guided_path_is_sample_with_guided_eps_fn(workdir, tmp_path, cond):
+    """``program.run`` with --label and --guidance against ``sample()`` with ``guided_eps_fn`` and
+    the null class K, from the same x_T: the CLI's guided path (its null label, its padding) is the
+    library's, and a null label off by one is told apart."""
+    _, model, params = cond
+    images = program.run(_options(workdir, tmp_path / "g.npz", label=3, guidance=2.0, num=3, batch_size=4))
+    loaded = loading.load_run(workdir)
+    x_T = shards.codes_for(shards.image_keys(0, 0, 3)[0], IMAGE)
+    seq = loaded.timesteps(3, "uniform")
+
+    def reference(null):
+        return to_uint8(sample(guided_eps_fn(eps_fn_for(model), null), jnp.asarray(x_T), seq, loaded.alphas_cumprod,
+                               eps_fn_args=(params, jnp.full(3, 3, jnp.int32), 2.0), clip_x0=True))
+
+    want = reference(K)
+    np.testing.assert_allclose(images.astype(int), want.astype(int), atol=1)
+    assert np.abs(reference(K - 1).astype(int) - want.astype(int)).max() > 8   # the test can tell them apart
 
 
 def test_label_all_grid_has_one_class_per_row(workdir, tmp_path):
