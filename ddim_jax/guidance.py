@@ -30,7 +30,9 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["GuidedEpsFn", "guided_eps_fn", "combine_guidance", "labels_for", "parse_label"]
+from ddim_jax.validation import GuidanceError, check_class_label, check_guidance_args
+
+__all__ = ["GuidanceError", "GuidedEpsFn", "guided_eps_fn", "combine_guidance", "labels_for", "parse_label"]
 
 
 def combine_guidance(eps_cond: Any, eps_uncond: Any, scale: Any) -> Any:
@@ -54,6 +56,7 @@ class GuidedEpsFn:
 
     def __call__(self, x: Any, t: Any, params: Any, labels: Any, scale: Any) -> Any:
         batch = x.shape[0]
+        check_guidance_args(labels, scale, batch, self.null_label, "guided_eps_fn")
         labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (batch,))
         t = jnp.broadcast_to(jnp.asarray(t), (batch,))
         null = jnp.full((batch,), self.null_label, jnp.int32)
@@ -80,31 +83,27 @@ def guided_eps_fn(eps_fn: Callable[..., Any], null_label: int) -> GuidedEpsFn:
 
 
 def parse_label(value: str | int | None, num_classes: int) -> str | int | None:
-    """``"all"``, a class ``0 .. K-1`` (from an int or its string), or None; raises ValueError."""
+    """``"all"``, a class ``0 .. K-1`` (from an int or its string), or None; raises
+    :class:`GuidanceError` for anything else (a float, a bool, -1, K: see
+    :func:`ddim_jax.validation.check_class_label`)."""
     if value is None or value == "all":
         return value
-    try:
-        label = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"--label must be a class number or 'all', got {value!r}") from None
-    if not 0 <= label < num_classes:
-        raise ValueError(f"--label {label} is not a class of this model (0..{num_classes - 1})")
-    return label
+    return check_class_label(value, num_classes, "--label")
 
 
 def labels_for(num: int, mode: str | int, num_classes: int, start: int = 0) -> np.ndarray:
     """The labels of images ``start .. start + num - 1``: int32 ``[num]``.
 
     ``mode="all"``: image ``i`` is of class ``i mod K`` (so every class appears; a grid of K columns
-    has one class per column); an int ``c``: every image of class ``c``; ``"null"``: the null
-    class ``K`` (unconditional).
+    has one class per column); an int ``c`` (or its text): every image of class ``c``; ``"null"``:
+    the null class ``K`` (unconditional), the only way to ask for it. Raises
+    :class:`GuidanceError` for any other mode (a float, -1, K, ...).
     """
     if num_classes < 1:
-        raise ValueError("labels_for needs a class-conditional model (num_classes > 0)")
+        raise GuidanceError("labels_for needs a class-conditional model (num_classes > 0)")
     index = np.arange(start, start + num)
-    if mode == "all":
+    if isinstance(mode, str) and mode == "all":
         return (index % num_classes).astype(np.int32)
-    if mode == "null":
+    if isinstance(mode, str) and mode == "null":
         return np.full(num, num_classes, np.int32)
-    label = parse_label(mode, num_classes)
-    return np.full(num, label, np.int32)
+    return np.full(num, check_class_label(mode, num_classes, "labels_for: label"), np.int32)

@@ -1,7 +1,8 @@
 """Argument checks shared by the DDIM math and the samplers (Python side, before tracing).
 
 Every check names the calling function (``fn``) and the offending argument, and raises a
-``ValueError``. Checks on *values* (timestep ranges, eta) run only when the value is concrete,
+``ValueError`` (:class:`GuidanceError`, also a :class:`~ddim_jax.errors.UserError`, for the labels
+and scales of classifier-free guidance). Checks on *values* (timestep ranges, eta) run only when the value is concrete,
 i.e. when the public function is called outside ``jit``; shape and dtype checks always run.
 """
 
@@ -11,7 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddim_jax.errors import UserError
+
 PREDICTION_TYPES = ("eps", "x0", "v")
+
+
+class GuidanceError(UserError, ValueError):
+    """A class label or guidance scale that is not one: a non-integer or out-of-range label, a
+    label array of the wrong length, a non-finite scale."""
 
 
 def concrete(value) -> np.ndarray | None:
@@ -144,3 +152,49 @@ def check_eps_fn(eps_fn, eps_fn_args, fn: str) -> tuple:
     if not isinstance(eps_fn_args, (tuple, list)):
         raise ValueError(f"{fn}: eps_fn_args must be a tuple of extra arguments, got {type(eps_fn_args).__name__}")
     return tuple(eps_fn_args)
+
+
+def check_class_label(value, num_classes: int, what: str) -> int:
+    """One class ``0 .. K-1`` from an integer (not a bool) or its decimal text; returns it.
+
+    Floats are refused, whole ones too (``1.7`` used to be read as class 1), and so is every label
+    outside ``[0, K)``: the null class ``K`` is only reachable by its name (``labels_for(.., "null",
+    K)``), never as a number (``-1`` used to wrap around to it). ``what`` starts each message
+    (``"--label"``, ``"labels_for: label"``)."""
+    if isinstance(value, str):
+        try:
+            label = int(value.strip())
+        except ValueError:
+            raise GuidanceError(f"{what} must be a class number or 'all', got {value!r}") from None
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        label = int(value)
+    else:
+        raise GuidanceError(f"{what} must be an integer class number, got {value!r}")
+    if not 0 <= label < num_classes:
+        raise GuidanceError(f"{what} {label} is not a class of this model (0..{num_classes - 1})")
+    return label
+
+
+def check_guidance_args(labels, scale, batch: int, null_label: int, fn: str) -> None:
+    """The labels and scale of a guided (or conditional) network call on a batch of ``batch``.
+
+    ``labels``: a scalar or ``[B]`` of integers, each a class ``0 .. null_label - 1`` or the null
+    class ``null_label`` itself (the padding of a short batch); ``scale``: a finite scalar. The
+    shape and dtype checks always run (inside ``jit`` too); the values are checked when concrete,
+    i.e. outside ``jit``: in ``sample``'s scan an out-of-range label would silently index another
+    class embedding, or read NaN, and a non-finite scale gives NaN images."""
+    shape = np.shape(labels)
+    if shape not in ((), (batch,)):
+        raise GuidanceError(f"{fn}: labels must be a scalar or have shape [B] = ({batch},), got shape {shape}")
+    dtype = jnp.result_type(labels)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise GuidanceError(f"{fn}: labels must be integer class numbers, got dtype {dtype}")
+    values = concrete(labels)
+    if values is not None and values.size and (values.min() < 0 or values.max() > null_label):
+        raise GuidanceError(f"{fn}: labels must be classes 0..{null_label - 1} or the null class {null_label}, "
+                            f"got values in [{values.min()}, {values.max()}]")
+    if np.shape(scale) != ():
+        raise GuidanceError(f"{fn}: scale must be a scalar, got shape {np.shape(scale)}")
+    value = concrete(scale)
+    if value is not None and not np.isfinite(value):
+        raise GuidanceError(f"{fn}: scale must be finite, got {float(value)}")

@@ -13,14 +13,15 @@ from PIL import Image
 
 import configs.tiny
 import configs.tiny_cond
-from ddim_jax.generation import modes, program, sampler_spec
-from ddim_jax.guidance import guided_eps_fn, labels_for
-from ddim_jax.io.images import GRID_PADDING
+from ddim_jax.errors import UserError
+from ddim_jax.generation import loading, modes, program, sampler_spec, shards
+from ddim_jax.guidance import GuidanceError, guided_eps_fn, labels_for
+from ddim_jax.io.images import GRID_PADDING, to_uint8
 from ddim_jax.models import UNet, abstract_params, create_model, eps_fn_for
 from ddim_jax.sampling import encode, sample
 from ddim_jax.schedules import make_alphas_cumprod, timestep_sequence
 from ddim_jax.solvers import SOLVERS
-from ddim_jax.training import input_pipeline, loop, objective
+from ddim_jax.training import input_pipeline, loop, objective, train_state
 from ddim_jax.training.checkpoints import export_workdir
 from ddim_jax.training.schema import ConfigError, validate_config
 
@@ -134,6 +135,25 @@ def test_the_loss_sees_dropped_labels_at_the_configured_rate():
     assert abs(float(jnp.mean(seen[0] == K)) - 0.2) < 0.015
 
 
+def test_the_real_train_step_drops_labels_to_the_null_class_k(cond):
+    """Through ``objective.make_train_step`` (not the helpers): every class row of the embedding but
+    the null row K is NaN, and nearly every label is dropped; the loss is finite only if the step
+    drops labels to K (with ``num_classes - 1`` it reads a NaN row)."""
+    _, _, params = cond
+    config = configs.tiny_cond.get_config()
+    config.training.label_dropout = 0.999
+    table = np.array(params["class_embedding"]["embedding"])
+    table[:K] = np.nan
+    params = {**params, "class_embedding": {"embedding": table}}
+    state = train_state.state_from_params(config, params)
+    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (8,) + IMAGE, minval=-1, maxval=1))
+    labels = np.arange(8, dtype=np.int32)
+    key = jax.random.fold_in(state.rng, state.step)   # the step's key, as the step derives it
+    assert np.all(np.asarray(objective.drop_labels(key, labels, 0.999, K)) == K)   # all dropped with this key
+    _, metrics = jax.jit(objective.make_train_step(config))(state, (images, labels))
+    assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"])), metrics
+
+
 def test_pipeline_yields_images_with_their_digit_labels():
     from sklearn.datasets import load_digits
 
@@ -234,9 +254,84 @@ def test_every_solver_samples_guided_and_scale_one_is_conditional_sampling(cond,
 def test_labels_for():
     np.testing.assert_array_equal(labels_for(5, "all", 3, start=4), [1, 2, 0, 1, 2])
     np.testing.assert_array_equal(labels_for(3, 2, 3), [2, 2, 2])
+    np.testing.assert_array_equal(labels_for(3, np.int64(2), 3), [2, 2, 2])
+    np.testing.assert_array_equal(labels_for(3, "2", 3), [2, 2, 2])
     np.testing.assert_array_equal(labels_for(2, "null", 3), [3, 3])
     with pytest.raises(ValueError, match="not a class"):
         labels_for(2, 3, 3)
+
+
+@pytest.mark.parametrize("label, message", [
+    (1.5, "must be an integer class number"),      # used to be class 1
+    (1.0, "must be an integer class number"),
+    (True, "must be an integer class number"),
+    ("1.5", "must be a class number or 'all'"),
+    (-1, r"-1 is not a class of this model \(0..9\)"),    # the null class only by its name
+    (K, r"10 is not a class of this model \(0..9\)"),
+    (None, "must be an integer class number"),
+])
+def test_labels_for_refuses_what_is_not_a_class(label, message):
+    with pytest.raises(GuidanceError, match=message) as info:
+        labels_for(4, label, K)
+    assert isinstance(info.value, UserError) and "\n" not in str(info.value)
+
+
+GUIDED_X = jnp.ones((4,) + IMAGE, jnp.float32)
+GUIDED_T = jnp.full((4,), 500, jnp.int32)
+
+
+def _label_eps(x, t, params, labels):
+    """A stand-in network that looks each label up in a table of K + 1 rows, as the UNet does
+    (index -1 wraps to the null row, K + 1 reads NaN): what invalid labels used to produce."""
+    table = jnp.arange(K + 1, dtype=jnp.float32)
+    return x * jnp.take(table, labels, mode="fill", fill_value=jnp.nan)[:, None, None, None]
+
+
+@pytest.mark.parametrize("labels, scale, message", [
+    (jnp.array([0, 1, 2, -1]), 2.0, r"labels must be classes 0..9 or the null class 10, got values in \[-1, 2\]"),
+    (jnp.array([0, 1, 2, K + 1]), 2.0, r"labels must .* got values in \[0, 11\]"),
+    (jnp.array([0, 1, 2, -11]), 2.0, r"labels must .* got values in \[-11, 2\]"),
+    (1.7, 2.0, "labels must be integer class numbers, got dtype float"),
+    (jnp.array([1.0, 2.0, 3.0, 4.0]), 2.0, "labels must be integer class numbers, got dtype float32"),
+    (jnp.array([True, False, True, False]), 2.0, "labels must be integer class numbers, got dtype bool"),
+    (jnp.array([0, 1, 2]), 2.0, r"labels must be a scalar or have shape \[B\] = \(4,\), got shape \(3,\)"),
+    (jnp.array([0, 1, 2, 3]), float("nan"), "scale must be finite, got nan"),
+    (jnp.array([0, 1, 2, 3]), float("inf"), "scale must be finite, got inf"),
+    (jnp.array([0, 1, 2, 3]), jnp.array([1.0, 2.0, 3.0, 4.0]), r"scale must be a scalar, got shape \(4,\)"),
+])
+def test_guided_eps_fn_refuses_invalid_labels_and_scales(labels, scale, message):
+    guided = guided_eps_fn(_label_eps, K)
+    with pytest.raises(GuidanceError, match="guided_eps_fn: " + message) as info:
+        guided(GUIDED_X, GUIDED_T, None, labels, scale)
+    assert isinstance(info.value, UserError) and "\n" not in str(info.value)
+    # The checks that need no values (dtype, shape) hold inside sample's jit as well.
+    if not isinstance(labels, float) and labels.dtype == jnp.int32 and np.shape(labels) == (4,) \
+            and np.shape(scale) == ():
+        return
+    with pytest.raises(GuidanceError, match="guided_eps_fn: "):
+        sample(guided, GUIDED_X, timestep_sequence(2, 1000), make_alphas_cumprod(configs.tiny.get_config().diffusion),
+               eps_fn_args=(None, labels, scale))
+
+
+def test_guided_eps_fn_takes_classes_the_null_class_and_a_scalar_label():
+    guided = guided_eps_fn(_label_eps, K)
+    out = guided(GUIDED_X, GUIDED_T, None, jnp.array([0, 3, 9, K]), 2.0)
+    np.testing.assert_allclose(out[:, 0, 0, 0], 2.0 * np.array([0, 3, 9, K]) - K)
+    np.testing.assert_allclose(guided(GUIDED_X, GUIDED_T, None, 3, 1)[:, 0, 0, 0], 3.0)
+
+
+def test_generation_layer_checks_labels_before_sampling(workdir, monkeypatch):
+    """Labels enter sampling in BatchedSampler: out-of-range values are refused there, in one line,
+    before anything is traced (inside sample's jit only their dtype and shape can be checked)."""
+    from ddim_jax.generation import batching, loading
+
+    sampler = batching.BatchedSampler(loading.load_run(workdir), batch_size=2)
+    monkeypatch.setattr(batching, "sample", lambda *a, **k: pytest.fail("sampled with invalid labels"))
+    x_T = np.zeros((2,) + IMAGE, np.float32)
+    spec = sampler_spec.SamplerSpec(steps=2)
+    for labels, guidance in (([0, -1], 2.0), ([0, K + 1], 1.0), ([0, 1, 2], 2.0), ([0, 1], float("inf"))):
+        with pytest.raises(GuidanceError):
+            sampler.decode_batch(x_T, np.array([999, 0]), spec, jax.random.PRNGKey(0), np.asarray(labels), guidance)
 
 
 # ----------------------------------------------------------------------------- sample.py
@@ -253,6 +348,25 @@ def _options(workdir, out, **overrides):
     values = dict(workdir=workdir, out=str(out), steps=3, num=20, batch_size=8, progress=False)
     values.update(overrides)
     return program.SampleOptions(**values)
+
+
+def test_sample_py_guided_path_is_sample_with_guided_eps_fn(workdir, tmp_path, cond):
+    """``program.run`` with --label and --guidance against ``sample()`` with ``guided_eps_fn`` and
+    the null class K, from the same x_T: the CLI's guided path (its null label, its padding) is the
+    library's, and a null label off by one is told apart."""
+    _, model, params = cond
+    images = program.run(_options(workdir, tmp_path / "g.npz", label=3, guidance=2.0, num=3, batch_size=4))
+    loaded = loading.load_run(workdir)
+    x_T = shards.codes_for(shards.image_keys(0, 0, 3)[0], IMAGE)
+    seq = loaded.timesteps(3, "uniform")
+
+    def reference(null):
+        return to_uint8(sample(guided_eps_fn(eps_fn_for(model), null), jnp.asarray(x_T), seq, loaded.alphas_cumprod,
+                               eps_fn_args=(params, jnp.full(3, 3, jnp.int32), 2.0), clip_x0=True))
+
+    want = reference(K)
+    np.testing.assert_allclose(images.astype(int), want.astype(int), atol=1)
+    assert np.abs(reference(K - 1).astype(int) - want.astype(int)).max() > 8   # the test can tell them apart
 
 
 def test_label_all_grid_has_one_class_per_row(workdir, tmp_path):

@@ -25,6 +25,7 @@ from ddim_jax.guidance import guided_eps_fn
 from ddim_jax.models import eps_fn_for
 from ddim_jax.parallel.meshes import DATA_AXIS, local_data_mesh
 from ddim_jax.sampling import encode, sample
+from ddim_jax.validation import check_guidance_args
 
 
 class BatchedSampler:
@@ -58,12 +59,15 @@ class BatchedSampler:
             x = np.concatenate([x, np.zeros((padding,) + x.shape[1:], x.dtype)])
         return jax.device_put(jnp.asarray(x, jnp.float32), self._batch_sharding)
 
-    def _model(self, labels: np.ndarray | None, guidance: float) -> tuple:
+    def _model(self, labels: np.ndarray | None, guidance: float, count: int) -> tuple:
         """``(eps_fn, eps_fn_args)``: unconditional (no labels), conditional (guidance 1), null
-        labels (guidance 0) or classifier-free guided (labels and scale traced)."""
+        labels (guidance 0) or classifier-free guided (labels and scale traced). The labels of the
+        ``count`` images and the scale are checked here, where their values are known: inside
+        ``sample`` an out-of-range label would silently pick another class (or NaN)."""
         if labels is None:
             return self._eps_fn, (self._params,)
         null = int(self.loaded.model.num_classes)
+        check_guidance_args(labels, guidance, count, null, "BatchedSampler")
         labels = np.asarray(labels, np.int32)
         if guidance == 0:
             labels = np.full_like(labels, null)
@@ -93,7 +97,7 @@ class BatchedSampler:
         """
         count = x_T.shape[0]
         per_image = (key.ndim == 1) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else (key.ndim == 2)
-        eps_fn, eps_fn_args = self._model(labels, guidance)
+        eps_fn, eps_fn_args = self._model(labels, guidance, count)
         x0 = sample(
             eps_fn,
             self._pad(np.asarray(x_T)),
@@ -114,7 +118,7 @@ class BatchedSampler:
                      guidance: float = 1.0) -> np.ndarray:
         """x0 [n <= batch, H, W, C] -> x_T codes [n, H, W, C] (deterministic DDIM inversion)."""
         count = x0.shape[0]
-        eps_fn, eps_fn_args = self._model(labels, guidance)
+        eps_fn, eps_fn_args = self._model(labels, guidance, count)
         codes = encode(
             eps_fn,
             self._pad(np.asarray(x0)),

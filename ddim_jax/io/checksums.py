@@ -4,17 +4,20 @@
   order), computed on the host. Checkpoints store one per saved tree and verify it on restore
   (orbax itself does not checksum data); ``sample.py`` records the one of the params it loaded so
   a resumed run cannot mix two models.
+- :func:`json_checksum` -- a sha256 over a JSON value's canonical text (sorted keys, no spaces):
+  checkpoints store one of the run config and one of the progress record (step, data position).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["tree_checksum", "host_array"]
+__all__ = ["tree_checksum", "json_checksum", "host_array"]
 
 
 def host_array(leaf: Any) -> np.ndarray:
@@ -36,3 +39,13 @@ def tree_checksum(tree: Any) -> str:
         digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def json_checksum(value: Any) -> str:
+    """sha256 (hex) of ``value``'s canonical JSON text (keys sorted, no whitespace, NaN refused).
+
+    Equal for a value and its JSON round trip (tuples read back as lists, keys in any order), so
+    the checksum of what was saved can be compared with the checksum of what was read back.
+    """
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -58,13 +58,15 @@ def _check_resize(resize: str) -> None:
         raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {resize!r}")
 
 
-def _check_batch(batch: np.ndarray, name: str = "images_uint8") -> np.ndarray:
-    """Validates a uint8 [B, H, W, C] batch (C in {1, 3}) and returns it with C = 3."""
+def _check_batch(batch: np.ndarray, name: str = "images_uint8", shape: tuple | None = None) -> np.ndarray:
+    """Validates a uint8 [B, H, W, C] batch (C in {1, 3}) and returns it with C = 3; ``shape``: the
+    caller's whole array, named in the message when ``batch`` is a slice of it."""
     if batch.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8 [N, H, W, C] with values 0..255, got dtype {batch.dtype} "
                          "(use ddim_jax.io.images.to_uint8 for images in [-1, 1])")
     if batch.ndim != 4 or batch.shape[-1] not in (1, 3) or min(batch.shape[1:3]) < 1:
-        raise ValueError(f"{name} must have shape [N, H, W, C] with C = 1 or 3, got {batch.shape}")
+        raise ValueError(f"{name} must have shape [N, H, W, C] with C = 1 or 3, "
+                         f"got {batch.shape if shape is None else tuple(shape)}")
     return np.repeat(batch, 3, axis=-1) if batch.shape[-1] == 1 else batch
 
 
@@ -137,7 +139,7 @@ def inception_outputs(images_uint8: np.ndarray | ImageSequence, inception: Incep
     _check_resize(resize)
     if isinstance(images_uint8, (np.ndarray, jax.Array)) or not hasattr(images_uint8, "__getitem__"):
         images_uint8 = np.asarray(images_uint8)
-        _check_batch(images_uint8[:1] if images_uint8.ndim == 4 else images_uint8)
+        _check_batch(images_uint8[:1] if images_uint8.ndim == 4 else images_uint8, shape=images_uint8.shape)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     num = len(images_uint8)

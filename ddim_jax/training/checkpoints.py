@@ -6,32 +6,30 @@ five items:
 - ``params``, ``ema_params``: the model parameters and their exponential moving average;
 - ``train_extra``: the optimizer state, the step counter and the base PRNG key;
 - ``progress``: JSON ``{"step": s, "data_position": s, "checksums": {...}}`` (global batches
-  consumed, and a sha256 of each of the three trees above, computed on the host from the state
-  being saved before the asynchronous save starts);
+  consumed, and a sha256 of each of the three trees above, of the config and of the record
+  ``{"step", "data_position"}`` itself, computed on the host from the state being saved before the
+  asynchronous save starts);
 - ``config``: the run config as JSON.
 
 Every restore recomputes the checksums of what it read and compares them (orbax does not checksum
-data): a flipped byte, a truncated file or a missing item makes that step unusable, and
+data), and checks that the recorded step is the directory's and, for training, that step and data
+position are the restored state's step: a flipped byte, an edited config or progress record, a
+truncated file or a missing item makes that step unusable (:class:`CorruptCheckpointError`), and
 :func:`restore_latest_verified` / :func:`load_for_sampling` fall back to the newest step that
 verifies, saying so in one line. Training moves a bad step aside (``<step>.corrupt``) before it
 continues, so orbax's ``max_to_keep`` never counts it and never deletes the good step for it.
 
 Orbax writes each checkpoint into ``<step>.orbax-checkpoint-tmp`` and renames it when complete, so
-a save interrupted at any moment (even by SIGKILL) is never listed as a step: the latest complete
-checkpoint is what a restart resumes from.
-
-Public entry points:
-
-- :func:`load_for_sampling` -- ``(config, params, step)`` of the newest checkpoint that verifies;
-- :func:`export_workdir` -- turn any params (e.g. converted pretrained weights) into a step-0
-  checkpoint that ``train.py`` resumes from and :func:`load_for_sampling` reads.
+a save interrupted at any moment (even by SIGKILL) is never listed as a step; a step left
+half-written by a file system without atomic renames fails its checksums. Sampling code uses
+:func:`load_for_sampling` and :func:`export_workdir` (params, e.g. converted pretrained weights, as
+a step-0 checkpoint that ``train.py`` resumes from).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -42,13 +40,14 @@ import orbax.checkpoint as ocp
 
 from ddim_jax.errors import UserError
 from ddim_jax.io.atomic import os_error_in_chain
-from ddim_jax.io.checksums import tree_checksum
+from ddim_jax.io.checksums import host_array, json_checksum, tree_checksum
 from ddim_jax.models import abstract_params, create_model
-from ddim_jax.training import schema
+from ddim_jax.training import checkpoint_noise, schema
 from ddim_jax.training.train_state import TrainState, image_shape, state_from_params
 
 __all__ = [
     "CheckpointError",
+    "CorruptCheckpointError",
     "checkpoint_dir",
     "make_manager",
     "save_checkpoint",
@@ -70,6 +69,11 @@ class CheckpointError(UserError, ValueError):
     """A workdir has no usable checkpoint, cannot be written, or does not match the config."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """One step does not verify (a checksum, an unreadable or missing item, a step that disagrees
+    with its directory or its state): the fallback skips it for an older step."""
+
+
 def checkpoint_dir(workdir: str | os.PathLike) -> str:
     """Absolute path of the checkpoint directory of ``workdir`` (orbax needs absolute paths)."""
     return os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINT_SUBDIR)
@@ -82,6 +86,7 @@ def make_manager(workdir: str | os.PathLike, *, keep: int = 3, read_only: bool =
     if read_only and not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoints in {os.fspath(workdir)!r} ({directory} does not exist); "
                               "train first (train.py) or create one with export_workdir")
+    checkpoint_noise.install()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         create=not read_only,
@@ -104,11 +109,13 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, config: m
     trees = {"params": state.params, "ema_params": state.ema_params, "train_extra": _extra_tree(state)}
     # Checksums of the values being saved, computed now: the save below runs in the background.
     checksums = {name: tree_checksum(tree) for name, tree in trees.items()}
+    record, stored_config = {"step": step, "data_position": step}, config.to_dict()
+    checksums.update(config=json_checksum(stored_config), progress=json_checksum(record))
     try:
         manager.save(step, args=ocp.args.Composite(
             **{name: ocp.args.StandardSave(tree) for name, tree in trees.items()},
-            progress=ocp.args.JsonSave({"step": step, "data_position": step, "checksums": checksums}),
-            config=ocp.args.JsonSave(config.to_dict()),
+            progress=ocp.args.JsonSave({**record, "checksums": checksums}),
+            config=ocp.args.JsonSave(stored_config),
         ))
     except Exception as err:
         raise_if_os_error(err, f"could not write checkpoint {step} in {manager.directory}")
@@ -138,14 +145,62 @@ def _extra_tree(state: Any) -> dict:
     return {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
 
 
-def _verify(name: str, tree: Any, progress: dict, step: int) -> None:
-    """Compare a restored tree with the checksum saved with it (checkpoints from before checksums
-    existed have none, and are accepted as they are)."""
-    expected = (progress.get("checksums") or {}).get(name) if isinstance(progress, dict) else None
+def _verify(name: str, value: Any, progress: dict, step: int, checksum: Callable[[Any], str] = tree_checksum) -> None:
+    """Compare a restored tree (or JSON value, with ``json_checksum``) with the checksum saved with
+    it. Checkpoints from before checksums existed have none, and are accepted as they are."""
+    expected = progress["checksums"].get(name)
     if expected is None:
         return
-    if tree_checksum(tree) != expected:
-        raise CheckpointError(f"checkpoint {step}: {name} does not match its checksum (the data is corrupted)")
+    try:
+        matches = checksum(value) == expected
+    except (TypeError, ValueError):   # an edited JSON value that is not plain JSON (NaN, ...)
+        matches = False
+    if not matches:
+        raise CorruptCheckpointError(f"checkpoint {step}: {name} does not match its checksum (the data is corrupted "
+                                     "or was edited)")
+
+
+def _read_record(manager: ocp.CheckpointManager, step: int) -> tuple[ml_collections.ConfigDict, dict]:
+    """``(config, progress)`` of ``step``, verified: the progress record and the config match their
+    checksums (when the checkpoint has them) and the recorded step is the directory's."""
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
+                                                                 progress=ocp.args.JsonRestore()))
+        progress = dict(restored["progress"])
+        progress["checksums"] = dict(progress.get("checksums") or {})
+        record = {"step": progress["step"], "data_position": progress["data_position"]}
+    except Exception as err:  # an item missing or garbled, a record without its fields
+        raise CorruptCheckpointError(f"could not read the config and progress of checkpoint {step} "
+                                     f"({_one_line(err)})") from err
+    _verify("progress", record, progress, step, json_checksum)
+    _verify("config", restored["config"], progress, step, json_checksum)
+    if record["step"] != step:
+        raise CorruptCheckpointError(f"checkpoint {step}: its progress record says step {record['step']}, which "
+                                     "does not agree with the directory's step")
+    try:
+        return schema.validate_config(schema.config_from_json(restored["config"])), progress
+    except Exception as err:
+        raise CorruptCheckpointError(f"could not read the config of checkpoint {step} ({_one_line(err)})") from err
+
+
+def _restore_state(manager: ocp.CheckpointManager, abstract_state: Any, step: int, progress: dict):
+    """The train state of ``step``, its trees verified against ``progress`` and its step and data
+    position against the record."""
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_state.params),
+        ema_params=ocp.args.StandardRestore(abstract_state.ema_params),
+        train_extra=ocp.args.StandardRestore(_extra_tree(abstract_state)),
+    ))
+    for name in _STATE_ITEMS:
+        _verify(name, restored[name], progress, step)
+    extra = restored["train_extra"]
+    state_step = int(host_array(extra["step"]))
+    if not progress["step"] == progress["data_position"] == state_step:
+        raise CorruptCheckpointError(
+            f"checkpoint {step}: the progress record (step {progress['step']}, data position "
+            f"{progress['data_position']}) does not agree with the restored state (step {state_step})")
+    return abstract_state.replace(params=restored["params"], ema_params=restored["ema_params"],
+                                  opt_state=extra["opt_state"], step=extra["step"], rng=extra["rng"])
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None):
@@ -157,50 +212,23 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: Any, step
       step: which step; default the latest complete one.
 
     Returns:
-      ``(state, progress)`` with ``progress = {"step": s, "data_position": s, ...}``.
+      ``(state, progress)`` with ``progress = {"step": s, "data_position": s, "checksums": {...}}``.
 
     Raises:
-      CheckpointError: a tree does not match its stored checksum.
+      CorruptCheckpointError: a tree, the config or the progress record does not match its stored
+        checksum, or step and data position disagree with the directory or the restored state.
     """
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"no complete checkpoint in {manager.directory}")
-    restored = manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_state.params),
-        ema_params=ocp.args.StandardRestore(abstract_state.ema_params),
-        train_extra=ocp.args.StandardRestore(_extra_tree(abstract_state)),
-        progress=ocp.args.JsonRestore(),
-    ))
-    for name in _STATE_ITEMS:
-        _verify(name, restored[name], restored["progress"], step)
-    extra = restored["train_extra"]
-    state = abstract_state.replace(params=restored["params"], ema_params=restored["ema_params"],
-                                   opt_state=extra["opt_state"], step=extra["step"], rng=extra["rng"])
-    return state, dict(restored["progress"])
+    _, progress = _read_record(manager, step)
+    return _restore_state(manager, abstract_state, step, progress), progress
 
 
 def _one_line(err: BaseException, limit: int = 160) -> str:
     text = str(err).strip()
     first = text.splitlines()[0] if text else ""
     return f"{type(err).__name__}: {first[:limit]}{'...' if len(first) > limit else ''}"
-
-
-def _silence_closed_loop_noise() -> None:
-    """A failed orbax restore leaves tensorstore callbacks aimed at its closed asyncio loop; each
-    prints "RuntimeError: Event loop is closed" with a traceback through ``sys.unraisablehook``.
-    They are harmless: drop exactly those, pass everything else to the previous hook."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_ddim_jax_filter", False):
-        return
-
-    def hook(unraisable):
-        value = unraisable.exc_value
-        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    hook._ddim_jax_filter = True
-    sys.unraisablehook = hook
 
 
 def _newest_verified(manager: ocp.CheckpointManager, load: Callable[[int], Any],
@@ -211,14 +239,14 @@ def _newest_verified(manager: ocp.CheckpointManager, load: Callable[[int], Any],
     if not steps:
         raise CheckpointError(f"no complete checkpoint in {manager.directory} (only partial or no saves)")
     bad: dict[int, str] = {}
-    _silence_closed_loop_noise()   # before the first restore: a failing one emits it while failing
+    checkpoint_noise.install()   # before the first restore: a failing one emits it while failing
     for step in steps:
         try:
             result = load(step)
-        except CheckpointError as err:
-            if "does not match its checksum" not in str(err) and not str(err).startswith("could not"):
-                raise  # e.g. the config does not fit this run: not a damaged checkpoint
+        except CorruptCheckpointError as err:
             bad[step] = " ".join(str(err).split())
+        except CheckpointError:
+            raise  # e.g. the config does not fit this run: not a damaged checkpoint
         except Exception as err:  # unreadable files, a missing item, garbled metadata
             bad[step] = f"checkpoint {step} cannot be read ({_one_line(err)})"
         else:
@@ -250,13 +278,10 @@ def restore_latest_verified(manager: ocp.CheckpointManager, abstract_state: Any,
     on_fallback = on_fallback or logger.warning
 
     def load(step):
-        try:
-            stored = read_config(manager, step)
-        except Exception as err:
-            raise CheckpointError(f"could not read the config of checkpoint {step} ({_one_line(err)})") from err
+        stored, progress = _read_record(manager, step)   # verified before check_config judges it
         if check_config is not None:
             check_config(stored)
-        return restore_checkpoint(manager, abstract_state, step)
+        return _restore_state(manager, abstract_state, step, progress), progress
 
     step, (state, progress), bad = _newest_verified(manager, load, on_fallback)
     if bad:
@@ -286,9 +311,8 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
 
 
 def read_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
-    """The run config stored with checkpoint ``step`` (validated)."""
-    restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return schema.validate_config(schema.config_from_json(restored["config"]))
+    """The run config stored with checkpoint ``step``, verified against its checksum and validated."""
+    return _read_record(manager, step)[0]
 
 
 def load_for_sampling(workdir: str | os.PathLike, use_ema: bool = True,
@@ -319,18 +343,17 @@ def load_for_sampling(workdir: str | os.PathLike, use_ema: bool = True,
     item = "ema_params" if use_ema else "params"
 
     def load(step):
+        config, progress = _read_record(manager, step)
         try:
-            config = read_config(manager, step)
             # An explicit sharding on this host's first device: the checkpoint may come from a run
             # with another topology (several devices or processes).
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
                                   abstract_params(create_model(config), image_shape(config)))
-            restored = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)},
-                                                                     progress=ocp.args.JsonRestore()))
+            restored = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))
         except Exception as err:  # re-raised as a one-line error, with the cause chained
-            raise CheckpointError(f"could not load {item} of checkpoint {step} ({_one_line(err)})") from err
-        _verify(item, restored[item], restored["progress"], step)
+            raise CorruptCheckpointError(f"could not load {item} of checkpoint {step} ({_one_line(err)})") from err
+        _verify(item, restored[item], progress, step)
         return config, restored[item]
 
     try:

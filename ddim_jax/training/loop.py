@@ -18,6 +18,7 @@ depend on the device or process count, and a resumed run continues exactly where
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -50,22 +51,28 @@ class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss (or gradient norm) became NaN or infinite; training stopped."""
 
 
+def _unet_fields(config: ml_collections.ConfigDict) -> dict:
+    """The UNet that ``config`` builds, as ``{field: value}`` (its defaults filled in)."""
+    model = create_model(config)
+    return {field.name: getattr(model, field.name) for field in dataclasses.fields(model)
+            if field.name not in ("parent", "name")}
+
+
 def _check_resume_compatible(stored: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
                              workdir: str) -> None:
-    """A workdir may only be resumed with the same model, data shape, diffusion, seed and batch."""
-    checks = {
-        "model": (create_model(stored), create_model(config)),
-        "diffusion": (stored.diffusion.to_dict(), config.diffusion.to_dict()),
-        "data.name": (stored.data.name, config.data.name),
-        "data.image_size": (stored.data.image_size, config.data.image_size),
-        "data.channels": (stored.data.channels, config.data.channels),
-        "training.seed": (stored.training.seed, config.training.seed),
-        "training.batch_size": (stored.training.batch_size, config.training.batch_size),
-    }
+    """A workdir may only be resumed with the same model, data shape, diffusion, seed and batch;
+    the refusal names the first field that differs (``config.model.dtype``, not two UNet reprs)."""
+    sections = {"model": (_unet_fields(stored), _unet_fields(config)),
+                "diffusion": (stored.diffusion.to_dict(), config.diffusion.to_dict())}
+    checks = {f"{section}.{key}": (old.get(key), new.get(key))
+              for section, (old, new) in sections.items() for key in sorted(set(old) | set(new))}
+    for key in ("data.name", "data.image_size", "data.channels", "training.seed", "training.batch_size"):
+        section, name = key.split(".")
+        checks[key] = (stored[section][name], config[section][name])
     for key, (old, new) in checks.items():
         if old != new:
             raise checkpoints.CheckpointError(
-                f"workdir {workdir!r} holds a run with a different config.{key} ({old} there, {new} now); "
+                f"workdir {workdir!r} holds a run with a different config.{key} ({old!r} there, {new!r} now); "
                 "use a new workdir or the same config")
 
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ import configs.tiny
 from ddim_jax import alphas_cumprod_from_betas, encode, make_betas, sample, slerp, timestep_sequence
 from ddim_jax.generation import batching, loading, modes, program, shards
 from ddim_jax.generation.sampler_spec import SampleError
+from ddim_jax.io.checksums import json_checksum
 from ddim_jax.io.locks import FileLock, LockHeldError
 from ddim_jax.training import checkpoints, loop, run_directory, train_state
 from ddim_jax.training.checkpoints import CheckpointError, export_workdir, load_for_sampling
@@ -148,6 +150,151 @@ def test_damaged_newest_step_falls_back_for_sampling_and_training(trained, tmp_p
     assert "4.corrupt" in names and {"4", "6"} <= set(names)
     _, params, step = load_for_sampling(path, on_fallback=pytest.fail)
     assert step == 6
+
+
+def _edit_json(path, item, edit, step=4):
+    """Rewrites ``checkpoints/<step>/<item>/metadata`` (a JSON item) with ``edit(value)`` applied."""
+    name = os.path.join(path, "checkpoints", str(step), item, "metadata")
+    with open(name) as handle:
+        value = json.load(handle)
+    edit(value)
+    with open(name, "w") as handle:
+        json.dump(value, handle)
+
+
+def _resume_check(path):
+    """What train.py passes: the stored config must fit this run's (it refuses a different diffusion)."""
+    return lambda stored: loop._check_resume_compatible(stored, _config(), path)
+
+
+def _restore_for_training(path, messages):
+    manager = checkpoints.make_manager(path, async_save=False)
+    try:
+        return checkpoints.restore_latest_verified(manager, train_state.abstract_train_state(_config()),
+                                                   check_config=_resume_check(path), on_fallback=messages.append)
+    finally:
+        manager.close()
+
+
+def _set(section, key, value):
+    return lambda item: item[section].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("item, edit, what", [
+    ("config", _set("diffusion", "beta_end", 0.07), "config"),           # other images, exit 0, before
+    ("config", _set("model", "dropout", 0.0), "config"),
+    ("progress", lambda p: p.__setitem__("data_position", 2), "progress"),   # wrong step bookkeeping, before
+    ("progress", lambda p: p.__setitem__("step", 6), "progress"),
+])
+def test_an_edited_config_or_progress_is_a_corrupt_step(trained, tmp_path, item, edit, what):
+    """The config and the progress record (step, data position) are checksummed with the trees: an
+    edit makes the step unusable, and sampling and training fall back to step 2 in one line each
+    (training used to refuse "a different config.diffusion" instead, or resume at the wrong step)."""
+    path = _copy(trained, tmp_path)
+    _edit_json(path, item, edit)
+    messages = []
+    _, params, step = load_for_sampling(path, on_fallback=messages.append)
+    assert step == 2 and _equal(params, trained[1][2])
+    assert len(messages) == 1 and f"{what} does not match its checksum" in messages[0], messages
+    state, progress, step = _restore_for_training(path, messages)
+    assert step == 2 and int(state.step) == 2 and progress["data_position"] == 2
+    assert len(messages) == 2 and "checkpoint 4 is unusable" in messages[1] and "\n" not in messages[1]
+    assert "4.corrupt" in os.listdir(os.path.join(path, "checkpoints"))
+
+
+def _forge_progress(path, fields):
+    """A progress record whose own checksum is right but whose step / data position are ``fields``."""
+    def edit(progress):
+        progress.update(fields)
+        progress["checksums"]["progress"] = json_checksum(
+            {"step": progress["step"], "data_position": progress["data_position"]})
+    _edit_json(path, "progress", edit)
+
+
+@pytest.mark.parametrize("fields", [{"data_position": 2}, {"step": 2, "data_position": 2}])
+def test_step_and_data_position_must_agree_with_the_restored_state(trained, tmp_path, fields):
+    path = _copy(trained, tmp_path)
+    _forge_progress(path, fields)
+    messages = []
+    _, _, step = load_for_sampling(path, on_fallback=messages.append)
+    assert step == (2 if "step" in fields else 4)   # sampling reads the step, not the data position
+    state, progress, step = _restore_for_training(path, messages)
+    assert step == 2 and int(state.step) == 2 and progress == {**progress, "step": 2, "data_position": 2}
+    assert "does not agree" in messages[-1] and "\n" not in messages[-1], messages
+
+
+def test_a_renamed_step_directory_is_not_trusted(trained, tmp_path):
+    path = _copy(trained, tmp_path)
+    os.rename(os.path.join(path, "checkpoints", "4"), os.path.join(path, "checkpoints", "8"))
+    messages = []
+    _, params, step = load_for_sampling(path, on_fallback=messages.append)
+    assert step == 2 and _equal(params, trained[1][2])
+    assert len(messages) == 1 and "checkpoint 8 is unusable" in messages[0] and "step 4" in messages[0]
+
+
+@pytest.mark.parametrize("field", ["opt_state", "rng"])
+def test_a_changed_train_extra_is_a_corrupt_step(trained, tmp_path, field, random_tiny_params):
+    """The optimizer state and PRNG key are verified like the params: step 4's ``train_extra`` is
+    replaced by a well-formed one (same step, so only its checksum can tell) and training falls back."""
+    path = _copy(trained, tmp_path)
+    config = _config()
+    state = train_state.state_from_params(config, random_tiny_params(seed=4)).replace(step=jnp.asarray(4, jnp.int32))
+    if field == "opt_state":
+        state = state.replace(opt_state=jax.tree.map(lambda leaf: leaf + 1 if jnp.issubdtype(leaf.dtype, jnp.floating)
+                                                     else leaf, state.opt_state))
+    else:
+        state = state.replace(rng=jax.random.fold_in(state.rng, 1))
+    other = str(tmp_path / "other")
+    manager = checkpoints.make_manager(other, async_save=False)
+    checkpoints.save_checkpoint(manager, state, config)
+    manager.close()
+    target = os.path.join(path, "checkpoints", "4", "train_extra")
+    shutil.rmtree(target)
+    shutil.copytree(os.path.join(other, "checkpoints", "4", "train_extra"), target)
+    messages = []
+    _, params, step = load_for_sampling(path, on_fallback=messages.append)
+    assert step == 4 and not messages   # sampling does not read train_extra
+    state, _, step = _restore_for_training(path, messages)
+    assert step == 2 and "train_extra does not match its checksum" in messages[0], messages
+
+
+@pytest.mark.parametrize("damage", ["garble", "directory"])
+def test_orbax_step_metadata_errors_stay_off_the_terminal(trained, tmp_path, caplog, damage):
+    """A garbled or unreadable ``_CHECKPOINT_METADATA`` (orbax's timestamps; the data still verifies)
+    used to print an absl ``E1202 ... Failed to read Metadata file`` line beside the output."""
+    path = _copy(trained, tmp_path)
+    metadata = os.path.join(path, "checkpoints", "4", "_CHECKPOINT_METADATA")
+    os.remove(metadata)
+    if damage == "garble":
+        open(metadata, "w").write("{garbled")
+    else:
+        os.makedirs(metadata)
+    with caplog.at_level("WARNING"):
+        _, params, step = load_for_sampling(path, on_fallback=pytest.fail)
+    assert step == 4 and _equal(params, trained[1][4])
+    assert not [record for record in caplog.records if "Metadata file" in record.getMessage()]
+
+
+def test_orbax_coroutines_collected_after_a_failed_restore_print_nothing(monkeypatch):
+    """What a failed restore leaves behind: orbax coroutines that raise when collected, and
+    callbacks on its closed loop. Both are dropped; any other unraisable reaches the previous hook."""
+    from orbax.checkpoint._src.path import async_path
+
+    from ddim_jax.training import checkpoint_noise
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    checkpoint_noise.install()
+    coroutine = async_path.exists(tmp := os.path.dirname(__file__))
+    try:
+        sys.unraisablehook(SimpleNamespace(exc_value=RuntimeError("coroutine ignored GeneratorExit"),
+                                           object=coroutine))
+        sys.unraisablehook(SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None))
+    finally:
+        coroutine.close()
+    other = SimpleNamespace(exc_value=RuntimeError("a real problem"), object=tmp)
+    sys.unraisablehook(other)
+    assert seen == [other]
 
 
 def test_a_bad_newest_step_never_costs_the_good_one(trained, tmp_path):

@@ -113,6 +113,70 @@ def test_a_partly_written_checkpoint_is_never_taken_for_a_good_one(tmp_path):
 
 # ----------------------------------------------------------------------------- SIGKILL and resume
 
+# A save that hangs in the step's final rename (everything written, nothing committed): the parent
+# kills it there. Argument: the workdir (holding step 0).
+_HANGING_SAVE = """
+import sys, time
+import jax.numpy as jnp
+import configs.tiny
+from orbax.checkpoint._src.path import atomicity
+from ddim_jax.training import checkpoints, train_state
+from ddim_jax.training.checkpoints import load_for_sampling
+
+def hang(self):
+    print("finalizing", self._final_path.name, flush=True)
+    time.sleep(600)
+
+async def finalize(self, real=atomicity.AtomicRenameTemporaryPath.finalize):
+    if self._final_path.name == "6":
+        hang(self)
+    return await real(self)
+
+atomicity.AtomicRenameTemporaryPath.finalize = finalize
+config, params, _ = load_for_sampling(sys.argv[1])
+state = train_state.state_from_params(config, params).replace(step=jnp.asarray(6, jnp.int32))
+manager = checkpoints.make_manager(sys.argv[1], async_save=False)
+checkpoints.save_checkpoint(manager, state, config)
+print("saved", flush=True)
+"""
+
+
+def test_sigkill_during_a_save_then_sample_py_uses_the_last_complete_step(tmp_path, subprocess_env):
+    """Killed inside a checkpoint save, a run leaves ``6.orbax-checkpoint-tmp-*``: sample.py takes
+    step 0, silently (nothing went wrong with it). Left under its final name by a file system
+    without atomic renames and half-written, step 6 fails its checks and is never the one chosen."""
+    config = configs.tiny.get_config()
+    params = random_params(config)
+    for leaf in jax.tree.leaves(params):
+        leaf *= 0.05
+    export_workdir(str(tmp_path), config, params)
+    env = subprocess_env()
+    saver = subprocess.Popen([sys.executable, "-c", _HANGING_SAVE, str(tmp_path)], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert saver.stdout.readline().split() == ["finalizing", "6"]
+    finally:
+        saver.send_signal(signal.SIGKILL)
+        saver.wait(timeout=60)
+    leftovers = [name for name in os.listdir(tmp_path / "checkpoints") if name.startswith("6.")]
+    assert len(leftovers) == 1 and "tmp" in leftovers[0], os.listdir(tmp_path / "checkpoints")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), "--workdir", str(tmp_path),
+                             "--steps", "2", "--num", "2", "--out", str(tmp_path / "x.npz"), "--noprogress"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr[-2000:]
+    assert "step 0" in result.stdout
+    # The same leftover under the final name, its EMA params half written: refused, step 0 is used.
+    partial = tmp_path / "checkpoints" / "6"
+    os.rename(tmp_path / "checkpoints" / leftovers[0], partial)
+    for root, _, files in os.walk(partial / "ema_params"):
+        for name in files if os.path.basename(root) == "d" else ():
+            os.truncate(os.path.join(root, name), os.path.getsize(os.path.join(root, name)) // 2)
+    messages = []
+    _, loaded, step = load_for_sampling(str(tmp_path), on_fallback=messages.append)
+    assert step == 0 and len(messages) == 1 and "checkpoint 6 is unusable" in messages[0]
+    assert_trees_equal(params, loaded)
+
+
 RUN_OVERRIDES = ("--config.training.num_train_steps=12", "--config.training.checkpoint_every_steps=2",
                  "--config.training.log_every_steps=2", "--config.training.num_grid_samples=0",
                  "--config.training.keep_checkpoints=3")

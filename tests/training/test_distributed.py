@@ -115,6 +115,51 @@ def test_two_processes_joined_by_jax_distributed_match_one_process(tmp_path, sub
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
 
 
+def _workdir_with_a_corrupt_newest_step(path, random_tiny_params):
+    """Checkpoints 2 and 4 of the tiny config (saved as training saves them, no compile); every EMA
+    data file of step 4 has bytes flipped."""
+    import jax.numpy as jnp
+
+    from ddim_jax.training import checkpoints, train_state
+
+    config = configs.tiny.get_config()
+    manager = checkpoints.make_manager(str(path), keep=3, async_save=False)
+    for step in (2, 4):
+        state = train_state.state_from_params(config, random_tiny_params(seed=step))
+        checkpoints.save_checkpoint(manager, state.replace(step=jnp.asarray(step, jnp.int32)), config)
+    manager.close()
+    ema = os.path.join(str(path), "checkpoints", "4", "ema_params")
+    for folder, _, files in os.walk(ema):
+        for name in files if os.path.basename(folder) == "d" else ():
+            data = bytearray(open(os.path.join(folder, name), "rb").read())
+            data[len(data) // 2:] = bytes(b ^ 0xFF for b in data[len(data) // 2:])
+            open(os.path.join(folder, name), "wb").write(bytes(data))
+
+
+def test_two_processes_fall_back_from_a_corrupt_step_together(tmp_path, subprocess_env, random_tiny_params):
+    """Both processes of a jax.distributed run verify, skip step 4 for step 2 (one warning line
+    each), process 0 alone moves step 4 aside, and both resume from step 2 (nothing to train: no
+    compile)."""
+    workdir = tmp_path / "run"
+    _workdir_with_a_corrupt_newest_step(workdir, random_tiny_params)
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, os.path.join(REPO, "train.py"), "--config", "configs/tiny.py", "--workdir",
+               str(workdir), "--config.training.num_train_steps=2", "--config.training.num_grid_samples=0",
+               f"--coordinator_address={address}", "--num_processes=2"]
+    workers = [subprocess.Popen(command + [f"--process_id={index}"], cwd=REPO, env=subprocess_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in range(2)]
+    outputs = [worker.communicate(timeout=600)[1] for worker in workers]
+    for worker, stderr in zip(workers, outputs):
+        assert worker.returncode == 0, stderr[-3000:]
+        assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
+        warnings = [line for line in stderr.splitlines() if "checkpoint 4 is unusable" in line]
+        assert len(warnings) == 1 and "using checkpoint 2" in warnings[0], stderr[-3000:]
+        assert "Resumed from checkpoint 2" in stderr, stderr[-3000:]
+    assert "moved the unusable checkpoint 4 aside" in outputs[0]
+    assert "moved the unusable checkpoint 4 aside" not in outputs[1]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4.corrupt"]
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["devices"]:
         devices_worker()

@@ -236,6 +236,18 @@ def test_resuming_with_a_different_model_is_refused(tmp_path):
         loop.train_and_evaluate(config, str(tmp_path))
 
 
+def test_a_precision_mismatch_on_resume_names_the_field_not_the_whole_unet(tmp_path):
+    config = configs.tiny.get_config()
+    config.training.num_train_steps = 0
+    checkpoints.export_workdir(str(tmp_path), config, _tiny_params(config))
+    config.model.dtype = "bfloat16"
+    with pytest.raises(checkpoints.CheckpointError) as info:
+        loop.train_and_evaluate(config, str(tmp_path))
+    message = str(info.value)
+    assert "config.model.dtype ('float32' there, 'bfloat16' now)" in message, message
+    assert "UNet(" not in message and len(message) < 300
+
+
 def _tiny_params(config):
     shapes = jax.eval_shape(lambda: train_state.create_train_state(config).params)
     return jax.tree.map(lambda s: np.full(s.shape, 0.01, s.dtype), shapes)
