@@ -22,6 +22,7 @@ from ddim_jax.io.checksums import host_array, tree_checksum
 from ddim_jax.models import create_model
 from ddim_jax.schedules import alphas_cumprod_from_betas, make_alphas_cumprod, timestep_sequence
 from ddim_jax.training.checkpoints import CheckpointError, load_for_sampling
+from ddim_jax.training.run_directory import require_workdir_name
 from ddim_jax.training.schema import ConfigError
 from ddim_jax.training.train_state import image_shape
 
@@ -74,12 +75,11 @@ class LoadedModel:
 
 def load_run(workdir: str, use_ema: bool = True) -> LoadedModel:
     """The latest good checkpoint of a training run (EMA params by default) and its config."""
-    if not workdir:
-        raise SampleError("--workdir is empty")
+    workdir = require_workdir_name(workdir)
     if not os.path.isdir(workdir):
         raise SampleError(f"workdir {workdir!r} does not exist (train one with train.py first)")
     try:
-        config, params, step = load_for_sampling(os.path.abspath(workdir), use_ema=use_ema,
+        config, params, step = load_for_sampling(workdir, use_ema=use_ema,
                                                  on_fallback=lambda message: print(f"warning: {message}",
                                                                                    file=sys.stderr))
     except CheckpointError as error:

@@ -1,9 +1,12 @@
-"""Network architectures: the DDPM UNet that DDIM samples from, and the one calling convention.
+"""Network architectures: the DDPM UNet that DDIM samples from, OpenAI's ADM UNet and noisy
+classifier (:mod:`ddim_jax.models.adm`), and the one calling convention.
 
 Every noise network here is called as ``apply_model(model, x, t, params)``:
 ``x [B, H, W, C]`` float, ``t`` int32 ``[B]`` -> ``[B, H, W, C]``; training adds ``dropout_key``,
 and a class-conditional model (``num_classes > 0``) takes ``labels`` int32 ``[B]`` (``num_classes``
-is the null class; ``None`` means the null class for all).
+is the null class; ``None`` means the null class for all). The ADM UNet has no null class: a
+class-conditional one requires labels in ``0 .. num_classes - 1``, and with ``learn_sigma`` it
+returns ``[B, H, W, 2 C]`` (eps, then the variance interpolation).
 """
 
 import functools
@@ -14,11 +17,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddim_jax.models.adm import ADMClassifier, ADMUNet, create_adm_classifier, create_adm_model
+from ddim_jax.models.adm_config import ADMConfigError
 from ddim_jax.models.unet import UNet, UNetConfigError, create_model
 from ddim_jax.models.unet_blocks import timestep_embedding
 
 __all__ = ["UNet", "UNetConfigError", "create_model", "apply_model", "eps_fn_for", "abstract_params",
-           "timestep_embedding"]
+           "timestep_embedding", "ADMUNet", "ADMClassifier", "ADMConfigError", "create_adm_model",
+           "create_adm_classifier"]
 
 
 def apply_model(model: nn.Module, x: Any, t: Any, params: Any, dropout_key: Any = None, labels: Any = None) -> Any:

@@ -20,6 +20,12 @@ Public API::
 
 CLI: ``python -m ddim_jax.pretrained --pretrained DIR_OR_HUB_ID --workdir runs/x``.
 
+PyTorch pickles are converted once, in an environment you trust, and never unpickled at load time:
+OpenAI's guided-diffusion (ADM) models and classifiers with ``convert-adm`` /
+``convert-adm-classifier`` (:mod:`~ddim_jax.pretrained.adm_convert`, loaded with ``load_adm``), the
+DDIM authors' ``ckpt.pth`` with ``convert-ddim-authors`` (:mod:`~ddim_jax.pretrained.ddim_authors`,
+written as a diffusers directory).
+
 Every mismatch (unknown config option or block type, missing / unexpected / wrongly shaped
 weights) raises :class:`PretrainedError` naming the offending entries: nothing is skipped and no
 parameter is left at its random initial value.
@@ -27,6 +33,8 @@ parameter is left at its random initial value.
 
 import importlib
 
+from ddim_jax.pretrained.adm_convert import adm_schedule, convert_adm, load_adm
+from ddim_jax.pretrained.ddim_authors import CELEBA_CONFIG, convert_ddim_authors
 from ddim_jax.pretrained.files import PICKLE_SUFFIXES, PretrainedError, resolve_pretrained
 from ddim_jax.pretrained.schedule import load_diffusers_schedule
 from ddim_jax.pretrained.unet_mapping import (
@@ -50,6 +58,11 @@ __all__ = [
     "pretrained_run_config",
     "export_pretrained_to_workdir",
     "main",
+    "convert_adm",
+    "load_adm",
+    "adm_schedule",
+    "convert_ddim_authors",
+    "CELEBA_CONFIG",
 ]
 
 # The workdir export writes orbax checkpoints (the training stack): imported on first access.

@@ -1,19 +1,25 @@
 """Turning a diffusers checkpoint into a regular run workdir (step-0 checkpoint + run config).
 
-CLI: ``python -m ddim_jax.pretrained --pretrained DIR_OR_HUB_ID --workdir runs/x``.
+CLI: ``python -m ddim_jax.pretrained --pretrained DIR_OR_HUB_ID --workdir runs/x``; the conversion
+subcommands ``convert-adm``, ``convert-adm-classifier`` and ``convert-ddim-authors`` are in
+:mod:`ddim_jax.pretrained.convert_cli`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ddim_jax.cli.entry import user_errors
+from ddim_jax.pretrained.convert_cli import COMMANDS, convert_main
 from ddim_jax.pretrained.files import PretrainedError, resolve_pretrained
 from ddim_jax.pretrained.schedule import load_diffusers_schedule
 from ddim_jax.pretrained.unet_mapping import load_diffusers_unet, load_unet_config
 from ddim_jax.training import schema
 from ddim_jax.training.checkpoints import export_workdir
+
+PROG = "python -m ddim_jax.pretrained"
 
 
 def _default_dataset(channels: int, size: int) -> str:
@@ -80,9 +86,14 @@ def export_pretrained_to_workdir(name_or_path: str | os.PathLike, workdir: str |
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI and returns 0; a user error prints one line and exits with status 1 (Ctrl-C: 130)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:  # python -m ddim_jax.pretrained convert-adm ... (see convert_cli)
+        with user_errors(PROG, resume_note="rerun into a new, empty output directory"):
+            return convert_main(argv)
     parser = argparse.ArgumentParser(
-        prog="python -m ddim_jax.pretrained",
-        description="Convert a diffusers UNet2DModel checkpoint into a ddim-jax run workdir.",
+        prog=PROG,
+        description="Convert a diffusers UNet2DModel checkpoint into a ddim-jax run workdir. To convert "
+                    "PyTorch pickles first: python -m ddim_jax.pretrained {" + ",".join(COMMANDS) + "} --help",
     )
     parser.add_argument("--pretrained", required=True, help="local diffusers directory or Hugging Face Hub id")
     parser.add_argument("--workdir", required=True, help="new (empty) run directory to write")

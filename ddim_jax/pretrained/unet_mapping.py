@@ -151,69 +151,18 @@ def unet_kwargs_from_diffusers_config(raw_config: Mapping[str, Any]) -> dict[str
     config = {**_UNET2D_DEFAULTS, **{k: v for k, v in raw_config.items() if not k.startswith("_")}}
     _check_types(config)
 
-    _require_value(config, "time_embedding_type", ("positional",))
-    _require_value(config, "center_input_sample", (False,))
-    _require_value(config, "mid_block_type", ("UNetMidBlock2D",))
-    _require_value(config, "mid_block_scale_factor", (1, 1.0))
-    _require_value(config, "downsample_type", ("conv",))
-    _require_value(config, "upsample_type", ("conv",))
-    _require_value(config, "act_fn", ("silu", "swish"))
-    _require_value(config, "resnet_time_scale_shift", ("default",))
-    _require_value(config, "add_attention", (True,))
-    _require_value(config, "downsample_padding", (0, 1))
-    if config["class_embed_type"] is not None:
-        raise PretrainedError(f"unsupported UNet2DModel config: class_embed_type={config['class_embed_type']!r} "
-                              "(only None: an nn.Embedding of num_class_embeds rows)")
-    num_class_embeds = config["num_class_embeds"]
-    if num_class_embeds is not None and int(num_class_embeds) < 2:
-        raise PretrainedError(f"unsupported UNet2DModel config: num_class_embeds={num_class_embeds} (need at least "
-                              "2: the classes and, as the last row, the null class of classifier-free guidance)")
-
-    down, up = list(config["down_block_types"]), list(config["up_block_types"])
-    bad = [b for b in down if b not in _DOWN_BLOCKS] + [b for b in up if b not in _UP_BLOCKS]
-    if bad:
-        raise PretrainedError(
-            f"unsupported block types: {', '.join(sorted(set(bad)))} (supported: {', '.join(_DOWN_BLOCKS)}, "
-            f"{', '.join(_UP_BLOCKS)})"
-        )
-    channels = [int(c) for c in config["block_out_channels"]]
-    if not (len(down) == len(up) == len(channels) >= 1):
-        raise PretrainedError(f"down_block_types ({len(down)}), up_block_types ({len(up)}) and "
-                              f"block_out_channels ({len(channels)}) must have the same length")
-    ch = channels[0]
-    if any(c % ch for c in channels):
-        raise PretrainedError(f"block_out_channels {channels} are not multiples of the first entry {ch}")
-    num_levels = len(channels)
-    down_attn = [_DOWN_BLOCKS[b] for b in down]
-    up_attn = [_UP_BLOCKS[b] for b in reversed(up)]  # up block i works at level num_levels - 1 - i
-    if down_attn != up_attn:
-        raise PretrainedError(
-            f"attention must sit at the same resolutions on the way down and up; got down_block_types="
-            f"{down} and up_block_types={up}"
-        )
-
-    sample_size = config["sample_size"]
-    if isinstance(sample_size, (list, tuple)):
-        if len(sample_size) != 2 or sample_size[0] != sample_size[1]:
-            raise PretrainedError(f"only square images are supported, got sample_size={sample_size}")
-        sample_size = sample_size[0]
-    if sample_size is not None:
-        sample_size = int(sample_size)
+    _check_supported_options(config)
+    ch, ch_mult, down_attn = _levels(config)
+    sample_size = _square_size(config["sample_size"])
     if any(down_attn) and sample_size is None:
         raise PretrainedError("the config has attention blocks but no sample_size, so their resolution is unknown")
-    attn_resolutions = tuple(sample_size >> level for level in range(num_levels) if down_attn[level])
-
-    time_dim = config["time_embedding_dim"]
-    if time_dim is not None and int(time_dim) != 4 * ch:
-        raise PretrainedError(f"unsupported time_embedding_dim={time_dim} (only 4 * block_out_channels[0] = {4 * ch})")
+    attn_resolutions = tuple(sample_size >> level for level in range(len(ch_mult)) if down_attn[level])
+    num_class_embeds = config["num_class_embeds"]
     groups = int(config["norm_num_groups"])
-    if config["attn_norm_num_groups"] not in (None, groups):
-        raise PretrainedError(f"unsupported attn_norm_num_groups={config['attn_norm_num_groups']} "
-                              f"(only equal to norm_num_groups={groups})")
 
     return dict(
         ch=ch,
-        ch_mult=tuple(c // ch for c in channels),
+        ch_mult=ch_mult,
         num_res_blocks=int(config["layers_per_block"]),
         attn_resolutions=attn_resolutions,
         dropout=float(config["dropout"]),
@@ -235,6 +184,70 @@ def unet_kwargs_from_diffusers_config(raw_config: Mapping[str, Any]) -> dict[str
 # Weight mapping
 # ---------------------------------------------------------------------------------------------
 
+
+
+def _check_supported_options(config: Mapping[str, Any]) -> None:
+    """Refuses every option outside the DDPM family, naming it."""
+    _require_value(config, "time_embedding_type", ("positional",))
+    _require_value(config, "center_input_sample", (False,))
+    _require_value(config, "mid_block_type", ("UNetMidBlock2D",))
+    _require_value(config, "mid_block_scale_factor", (1, 1.0))
+    _require_value(config, "downsample_type", ("conv",))
+    _require_value(config, "upsample_type", ("conv",))
+    _require_value(config, "act_fn", ("silu", "swish"))
+    _require_value(config, "resnet_time_scale_shift", ("default",))
+    _require_value(config, "add_attention", (True,))
+    _require_value(config, "downsample_padding", (0, 1))
+    if config["class_embed_type"] is not None:
+        raise PretrainedError(f"unsupported UNet2DModel config: class_embed_type={config['class_embed_type']!r} "
+                              "(only None: an nn.Embedding of num_class_embeds rows)")
+    num_class_embeds = config["num_class_embeds"]
+    if num_class_embeds is not None and int(num_class_embeds) < 2:
+        raise PretrainedError(f"unsupported UNet2DModel config: num_class_embeds={num_class_embeds} (need at least "
+                              "2: the classes and, as the last row, the null class of classifier-free guidance)")
+    ch = int(config["block_out_channels"][0]) if config["block_out_channels"] else None
+    time_dim = config["time_embedding_dim"]
+    if ch is not None and time_dim is not None and int(time_dim) != 4 * ch:
+        raise PretrainedError(f"unsupported time_embedding_dim={time_dim} (only 4 * block_out_channels[0] = {4 * ch})")
+    groups = int(config["norm_num_groups"])
+    if config["attn_norm_num_groups"] not in (None, groups):
+        raise PretrainedError(f"unsupported attn_norm_num_groups={config['attn_norm_num_groups']} "
+                              f"(only equal to norm_num_groups={groups})")
+
+
+def _levels(config: Mapping[str, Any]) -> tuple[int, tuple[int, ...], list[bool]]:
+    """``(ch, ch_mult, attention at each level)`` from the block types and channel counts."""
+    down, up = list(config["down_block_types"]), list(config["up_block_types"])
+    bad = [b for b in down if b not in _DOWN_BLOCKS] + [b for b in up if b not in _UP_BLOCKS]
+    if bad:
+        raise PretrainedError(
+            f"unsupported block types: {', '.join(sorted(set(bad)))} (supported: {', '.join(_DOWN_BLOCKS)}, "
+            f"{', '.join(_UP_BLOCKS)})"
+        )
+    channels = [int(c) for c in config["block_out_channels"]]
+    if not (len(down) == len(up) == len(channels) >= 1):
+        raise PretrainedError(f"down_block_types ({len(down)}), up_block_types ({len(up)}) and "
+                              f"block_out_channels ({len(channels)}) must have the same length")
+    ch = channels[0]
+    if any(c % ch for c in channels):
+        raise PretrainedError(f"block_out_channels {channels} are not multiples of the first entry {ch}")
+    down_attn = [_DOWN_BLOCKS[b] for b in down]
+    up_attn = [_UP_BLOCKS[b] for b in reversed(up)]  # up block i works at level num_levels - 1 - i
+    if down_attn != up_attn:
+        raise PretrainedError(
+            f"attention must sit at the same resolutions on the way down and up; got down_block_types="
+            f"{down} and up_block_types={up}"
+        )
+    return ch, tuple(c // ch for c in channels), down_attn
+
+
+def _square_size(sample_size: Any) -> int | None:
+    """The side of a square ``sample_size`` (an int or an equal pair), or None."""
+    if isinstance(sample_size, (list, tuple)):
+        if len(sample_size) != 2 or sample_size[0] != sample_size[1]:
+            raise PretrainedError(f"only square images are supported, got sample_size={sample_size}")
+        sample_size = sample_size[0]
+    return None if sample_size is None else int(sample_size)
 
 def _diffusers_name(flax_path: tuple[str, ...]) -> str:
     modules = [_LIST_MODULE.sub(r"\1.\2", name) for name in flax_path[:-1]]

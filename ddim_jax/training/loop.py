@@ -19,7 +19,6 @@ depend on the device or process count, and a resumed run continues exactly where
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 
@@ -107,10 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is left intact.
     """
     schema.validate_config(config)
-    if not os.fspath(workdir):
-        raise checkpoints.CheckpointError("--workdir is empty; name a directory for the run")
-    workdir = os.path.abspath(os.fspath(workdir))
-    check_workdir(workdir)
+    workdir = check_workdir(workdir)
     lock = lock_workdir(workdir)
     try:
         return _train_locked(config, workdir, batches)

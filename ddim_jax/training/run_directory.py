@@ -20,15 +20,23 @@ LOCK_FILE = "train.lock"
 logger = logging.getLogger(__name__)
 
 
-def check_workdir(workdir: str) -> None:
-    if not workdir:
+def require_workdir_name(workdir: str | os.PathLike) -> str:
+    """The workdir as an absolute path; an empty name (which would mean the current directory) is refused."""
+    if not os.fspath(workdir):
         raise checkpoints.CheckpointError("--workdir is empty; name a directory for the run")
+    return os.path.abspath(os.fspath(workdir))
+
+
+def check_workdir(workdir: str | os.PathLike) -> str:
+    """Creates the workdir if needed and checks that it is writable; returns its absolute path."""
+    workdir = require_workdir_name(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as err:
         raise checkpoints.CheckpointError(f"cannot create workdir {workdir!r}: {err.strerror}") from err
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise checkpoints.CheckpointError(f"workdir {workdir!r} is not writable")
+    return workdir
 
 
 def lock_workdir(workdir: str) -> FileLock:
