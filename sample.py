@@ -9,7 +9,8 @@ r"""Sample images from a trained ddim-jax run or a published DDPM checkpoint.
 
 `--out` ending in `.png` writes a grid; ending in `.npz` writes `images`, uint8 [N, H, W, C].
 Dashed spellings (`--batch-size`, `--sigma-hat`, `--no-ema`, `--no-clip`) are accepted too.
-User errors exit with status 1 and one line on stderr. The logic lives in `ddim_jax/program.py`.
+User errors exit with status 1 and one line on stderr; Ctrl-C, with 130 and one line.
+The logic lives in `ddim_jax/generation/program.py`.
 Flags left out take the run's `config.sampling` values (steps, eta, skip, clipping, batch size, and
 the number of images of the `samples` mode).
 """

@@ -15,6 +15,7 @@ print one line to stderr and exit with status 1; anything else is a bug and show
 """
 
 import logging
+import re
 import sys
 
 import ml_collections
@@ -22,7 +23,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ddim_jax.cli.entry import user_errors
+from ddim_jax.cli.entry import fail, user_errors
 from ddim_jax.models import precision
 from ddim_jax.parallel import processes
 from ddim_jax.training import loop
@@ -67,6 +68,33 @@ def main(argv):
         loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
+def _innermost_message(err: BaseException) -> str:
+    """The text an exception wraps: ml_collections raises AttributeError(KeyError("'key'\\nDid you
+    mean ...")), whose str() is the repr of that text, quotes and newline escaped."""
+    while err.args and isinstance(err.args[0], BaseException):
+        err = err.args[0]
+    return err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
+
+
+def _unknown_override(argv: list[str], err: BaseException) -> str | None:
+    """``unknown config key in override --config.a.b ...; did you mean --config.a.c?`` when ``err``
+    names a key of one of the ``--config.*`` overrides in ``argv``, else None."""
+    lines = _innermost_message(err).splitlines() or [""]
+    bad = lines[0].strip("'\"")
+    suggestion = re.search(r'Did you mean "([^"]+)"', _innermost_message(err))
+    for arg in argv[1:]:
+        key = arg.split("=", 1)[0].lstrip("-")
+        parts = key.split(".")
+        if not key.startswith("config.") or bad not in parts[1:]:
+            continue
+        message = f"unknown config key in override --{key} (not in the config file)"
+        if suggestion:
+            fixed = [suggestion.group(1) if part == bad else part for part in parts]
+            message += f"; did you mean --{'.'.join(fixed)}?"
+        return message
+    return None
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a one-line error for an unknown ``--config.a.b`` override key.
 
@@ -76,16 +104,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except flags.Error as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        sys.exit(1)
+        fail("train.py", str(err))
     except (AttributeError, KeyError) as err:
-        overrides = [arg.split("=", 1)[0].lstrip("-") for arg in argv[1:] if arg.startswith("--config.")]
-        unknown = [key for key in overrides if any(repr(part) in str(err) for part in key.split(".")[1:])]
-        if not unknown:
+        message = _unknown_override(argv, err)
+        if message is None:
             raise
-        print(f"train.py: error: unknown config key in override --{unknown[0]} (not in the config file)",
-              file=sys.stderr)
-        sys.exit(1)
+        fail("train.py", message)
 
 
 if __name__ == "__main__":

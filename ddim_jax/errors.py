@@ -2,7 +2,7 @@
 
 Every entry point (``train.py``, ``sample.py``, ``evaluate.py``, ``python -m ddim_jax.metrics``,
 ``python -m ddim_jax.pretrained``) catches :class:`UserError` and prints its message on one line
-with exit status 1 (:func:`ddim_jax.cli.entry.run_main`); anything else is a bug and keeps its
+with exit status 1 (:func:`ddim_jax.cli.entry.user_errors`); anything else is a bug and keeps its
 traceback. Each subclass also derives from the builtin exception its callers expect (most are
 ``ValueError``), so ``except ValueError`` keeps working in library code.
 """

@@ -227,6 +227,10 @@ def run_interpolate(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
     finally:
         bar.close()
     written = write_images(out, images, ncols=points)
+    alphas = [f"alpha={alpha:.3g}" for alpha in np.linspace(0.0, 1.0, points)]
+    alphas[0], alphas[-1] = alphas[0] + " (z0)", alphas[-1] + " (z1)"
+    written += write_caption(out, f"interpolate: {num} rows, one per pair of codes (z0, z1), slerp between them; "
+                             f"S={spec.steps} skip={spec.skip}", alphas)
     report_written(written, images.shape)
     return images
 

@@ -103,9 +103,10 @@ def _validate_options(options: SampleOptions) -> None:
         raise SampleError(f"unknown --skip={options.skip!r}; choose one of {', '.join(SKIP_KINDS)}")
 
 
-def check_output_path(out: str) -> None:
+def check_output_path(out: str) -> str | None:
     """Refuse an ``--out`` that cannot be written (a directory, a path under a file, an unwritable
-    or read-only directory), before anything is loaded or sampled. Creates missing directories."""
+    or read-only directory), before anything is loaded or sampled. Creates missing directories and
+    returns the directory it created (None when it existed), for the header line to say so."""
     if os.path.isdir(out):
         raise SampleError(f"--out {out} is a directory; give a file name ending in .png or .npz")
     directory = os.path.dirname(os.path.abspath(out))
@@ -114,6 +115,7 @@ def check_output_path(out: str) -> None:
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor):
         raise SampleError(f"--out {out} cannot be written: {ancestor} is a file, not a directory")
+    created = None if os.path.isdir(directory) else os.path.dirname(out) or directory
     try:
         os.makedirs(directory, exist_ok=True)
         handle, probe = tempfile.mkstemp(dir=directory, prefix=".probe-")
@@ -121,6 +123,7 @@ def check_output_path(out: str) -> None:
         os.remove(probe)
     except OSError as err:
         raise SampleError(f"--out {out} cannot be written: {err.strerror or err} ({directory})") from None
+    return created
 
 
 def lock_output(out: str) -> FileLock:
@@ -237,8 +240,7 @@ def run(options: SampleOptions) -> Any:
       SampleError: for every user error (one-line message), before any sampling starts.
     """
     _validate_options(options)
-    if options.out is not None:
-        check_output_path(options.out)
+    created = None if options.out is None else check_output_path(options.out)
     if jax.process_count() > 1 and options.mode != "samples":
         raise SampleError(f"--mode={options.mode} runs in one process; only --mode=samples spreads over "
                           f"{jax.process_count()} processes")
@@ -252,24 +254,34 @@ def run(options: SampleOptions) -> Any:
     num = resolve_num(options, loaded)
     batch_size = options.batch_size or int(loaded.defaults.get("batch_size", DEFAULT_BATCH_SIZE))
     out = options.out or default_out(options, spec)
-    check_output_path(out)
+    created = check_output_path(out) or created
     # One lock for the output: under jax.distributed only process 0 holds it (all share the --out).
     lock = lock_output(out) if jax.process_index() == 0 else None
     try:
-        return _run_mode(options, loaded, spec, num, batch_size, out, label, guidance)
+        return _run_mode(options, loaded, spec, num, batch_size, out, label, guidance, created)
     finally:
         if lock is not None:
             lock.release()
 
 
+def _header(options: SampleOptions, loaded: LoadedModel, spec: SamplerSpec, steps: str, label: str | int | None,
+            guidance: float, out: str, created: str | None) -> str:
+    """The first output line: what runs, with which settings, where it writes."""
+    conditioning = f" label={'real' if label is None else label} guidance={guidance:g}" if loaded.num_classes else ""
+    return (f"{options.mode}: {loaded.description}; S={steps} skip={spec.skip} solver={spec.solver} "
+            f"{'sigma_hat' if spec.sigma_hat else f'eta={spec.eta:g}'} clip_x0={spec.clip_x0} seed={options.seed}"
+            f"{conditioning} on {jax.local_device_count()} device(s) x {jax.process_count()} process(es); "
+            f"out {out}" + (f" (created the directory {created})" if created else ""))
+
+
 def _run_mode(options: SampleOptions, loaded: LoadedModel, spec: SamplerSpec, num: int, batch_size: int,
-              out: str, label: str | int | None, guidance: float) -> Any:
+              out: str, label: str | int | None, guidance: float, created: str | None = None) -> Any:
+    step_counts = None
+    if options.mode in DEFAULT_STEP_COUNTS:   # reconstruct / consistency: one column per step count
+        step_counts = resolve_step_counts(options.step_counts, options.mode, loaded.num_timesteps)
     if jax.process_index() == 0:
-        print(f"{options.mode}: {loaded.description}; S={spec.steps} skip={spec.skip} solver={spec.solver} "
-              f"{'sigma_hat' if spec.sigma_hat else f'eta={spec.eta:g}'} clip_x0={spec.clip_x0} "
-              f"seed={options.seed}"
-              + (f" label={'real' if label is None else label} guidance={guidance:g}" if loaded.num_classes else "")
-              + f" on {jax.local_device_count()} device(s) x {jax.process_count()} process(es)")
+        steps = str(spec.steps) if step_counts is None else ",".join(str(count) for count in step_counts)
+        print(_header(options, loaded, spec, steps, label, guidance, out, created))
     common = dict(num=num, batch_size=batch_size, seed=options.seed, out=out, progress=options.progress)
     if loaded.num_classes:
         common.update(label=label, guidance=guidance)
@@ -277,7 +289,6 @@ def _run_mode(options: SampleOptions, loaded: LoadedModel, spec: SamplerSpec, nu
         return run_samples(loaded, spec, **common)
     if options.mode == "interpolate":
         return run_interpolate(loaded, spec, **common)
-    step_counts = resolve_step_counts(options.step_counts, options.mode, loaded.num_timesteps)
     if options.mode == "reconstruct":
         return run_reconstruct(loaded, spec, step_counts=step_counts, **common)
     return run_consistency(loaded, spec, step_counts=step_counts, **common)

@@ -10,7 +10,7 @@
     python -m ddim_jax.metrics stats --npz samples.npz --weights ... --out s.npz  # uint8 'images' array
 
 ``stats`` writes pytorch-fid's ``.npz`` (``mu``, ``sigma``) of the 2048-d Inception features.
-User errors print one line to stderr and exit with status 1.
+User errors print one line to stderr and exit with status 1; Ctrl-C prints one line and exits with 130.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import sys
 from typing import NoReturn
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
+from ddim_jax.cli.entry import user_errors
 from ddim_jax.errors import UserError
 from ddim_jax.metrics.digits import save_digits_classifier, train_digits_classifier
 from ddim_jax.metrics.features import RESIZE_MODES, inception_features
@@ -33,6 +33,8 @@ from ddim_jax.metrics.inception import convert_inception_checkpoint, load_incept
 
 __all__ = ["main", "PngDirectory"]
 
+PROG = "python -m ddim_jax.metrics"
+
 
 class UsageError(UserError, ValueError):
     """A command-line mistake: reported in one line, exit status 1."""
@@ -40,7 +42,7 @@ class UsageError(UserError, ValueError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog.removeprefix(PROG).strip()}: {message}".lstrip(": "))
 
 
 class PngDirectory:
@@ -80,7 +82,7 @@ def _dataset_source(name: str, split: str, data_dir: str | None):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m ddim_jax.metrics", description=__doc__.split("\n")[0])
+    parser = _Parser(prog=PROG, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     convert = commands.add_parser("convert-inception", help="pytorch-fid .pth -> safetensors (one time)")
     convert.add_argument("src", help="pt_inception-2015-12-05-6726825d.pth")
@@ -122,8 +124,15 @@ def _run(args: argparse.Namespace) -> str:
         images = PngDirectory(args.images)
     else:
         images = _load_npz_images(args.npz)
-    feats = inception_features(images, inception, resize=args.resize, batch_size=args.batch_size,
-                               progress=args.progress)
+    try:
+        feats = inception_features(images, inception, resize=args.resize, batch_size=args.batch_size,
+                                   progress=args.progress)
+    except ValueError as err:  # the user's images: a wrong dtype or shape, mixed sizes, none at all
+        if isinstance(err, UserError):
+            raise
+        raise UsageError(f"--{'dataset' if args.dataset else 'images' if args.images else 'npz'}: {err}") from None
+    if len(feats) < 2:
+        raise UsageError(f"statistics need at least 2 images (a covariance), got {len(feats)}")
     mu, sigma = feature_statistics(feats)
     save_statistics(args.out, mu, sigma, features=feats if args.features else None)
     stored = " and features" if args.features else ""
@@ -131,11 +140,11 @@ def _run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the CLI; returns the exit status (0, or 1 after a one-line error on stderr)."""
-    try:
+    """Runs the CLI and returns 0; a user error (or Ctrl-C) prints one line and exits with status 1 (130)."""
+    with user_errors(PROG):
         args = _build_parser().parse_args(argv)
-        print(_run(args))
-    except (ValueError, OSError) as err:  # UsageError, InceptionWeightsError, DatasetNotPreparedError, ...
-        print(f"error: {err}".replace("\n", " "), file=sys.stderr)
-        return 1
+        try:
+            print(_run(args))
+        except OSError as err:  # the file system refused: one line naming the file
+            raise UsageError(f"{err.filename or ''}: {err.strerror or err}".lstrip(": ")) from None
     return 0

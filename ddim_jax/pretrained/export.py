@@ -11,12 +11,15 @@ import argparse
 import os
 import sys
 
+from ddim_jax.cli.entry import user_errors
 from ddim_jax.pretrained.convert_cli import COMMANDS, convert_main
 from ddim_jax.pretrained.files import PretrainedError, resolve_pretrained
 from ddim_jax.pretrained.schedule import load_diffusers_schedule
 from ddim_jax.pretrained.unet_mapping import load_diffusers_unet, load_unet_config
 from ddim_jax.training import schema
 from ddim_jax.training.checkpoints import export_workdir
+
+PROG = "python -m ddim_jax.pretrained"
 
 
 def _default_dataset(channels: int, size: int) -> str:
@@ -82,11 +85,13 @@ def export_pretrained_to_workdir(name_or_path: str | os.PathLike, workdir: str |
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the CLI and returns 0; a user error prints one line and exits with status 1 (Ctrl-C: 130)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in COMMANDS:  # python -m ddim_jax.pretrained convert-adm ... (see convert_cli)
-        return convert_main(argv)
+        with user_errors(PROG, resume_note="rerun into a new, empty output directory"):
+            return convert_main(argv)
     parser = argparse.ArgumentParser(
-        prog="python -m ddim_jax.pretrained",
+        prog=PROG,
         description="Convert a diffusers UNet2DModel checkpoint into a ddim-jax run workdir. To convert "
                     "PyTorch pickles first: python -m ddim_jax.pretrained {" + ",".join(COMMANDS) + "} --help",
     )
@@ -95,14 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_name", default=None,
                         help="dataset for further training (default: from the image size and channels)")
     args = parser.parse_args(argv)
-    try:
-        config = export_pretrained_to_workdir(args.pretrained, args.workdir, data_name=args.data_name)
-    except ValueError as err:  # PretrainedError, CheckpointError, ConfigError: one-line messages
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # the file system refused (read-only, full, a file where a directory goes)
-        print(f"error: cannot write {args.workdir}: {err.strerror or err}", file=sys.stderr)
-        return 1
+    with user_errors(parser.prog, resume_note="rerun into a new, empty --workdir"):
+        try:
+            config = export_pretrained_to_workdir(args.pretrained, args.workdir, data_name=args.data_name)
+        except OSError as err:  # the file system refused (read-only, full, a file where a directory goes)
+            raise PretrainedError(f"cannot write {args.workdir}: {err.strerror or err}") from None
     print(f"wrote {args.workdir}: {config.data.image_size}x{config.data.image_size}x{config.data.channels} "
           f"UNet (ch={config.model.ch}, ch_mult={tuple(config.model.ch_mult)}), "
           f"{config.diffusion.beta_schedule} betas, T={config.diffusion.num_timesteps}")

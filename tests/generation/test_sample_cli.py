@@ -208,10 +208,15 @@ def test_resume_refuses_shards_of_other_settings(workdir, tmp_path):
         program.run(_options(workdir, out))
 
 
-def test_interpolate_rows_start_and_end_at_the_pair(workdir, tmp_path):
+def test_interpolate_rows_start_and_end_at_the_pair(workdir, tmp_path, capsys):
     out = tmp_path / "interp.png"
     images = program.run(_options(workdir, out, mode="interpolate", num=2))
     points = modes.INTERPOLATION_POINTS
+    # A caption like the other grid modes': printed and written beside the grid, one label per column.
+    caption = (tmp_path / "interp.png.txt").read_text().splitlines()
+    assert caption[0].startswith("interpolate: 2 rows") and "S=4" in caption[0]
+    assert caption[1] == "column 1: alpha=0 (z0)" and caption[-1] == f"column {points}: alpha=1 (z1)"
+    assert len(caption) == 1 + points and "\n".join(caption) in capsys.readouterr().out
     assert images.shape == (2 * points,) + IMAGE
     assert np.asarray(Image.open(out)).shape == _grid_shape(2, points)
     rows = images.reshape((2, points) + IMAGE).astype(float)
@@ -226,6 +231,8 @@ def test_reconstruct_writes_originals_beside_reconstructions(workdir, tmp_path, 
     mse = program.run(_options(workdir, out, mode="reconstruct", num=4, step_counts=(2, 5)))
     assert list(mse) == [2, 5]
     printed = capsys.readouterr().out
+    header = printed.splitlines()[0]   # the step counts it runs, not the default S=20 it does not use
+    assert header.startswith("reconstruct:") and "S=2,5 " in header and "S=20" not in header, header
     assert "Reconstruction MSE per dimension" in printed and f"{mse[5]:.6f}" in printed
     with np.load(out) as saved:
         images = saved["images"]
@@ -270,11 +277,23 @@ def test_reconstruction_error_falls_with_steps(tmp_path):
     assert mse[100] < 5e-4
 
 
-def test_consistency_same_code_several_step_counts(workdir, tmp_path):
+def test_consistency_same_code_several_step_counts(workdir, tmp_path, capsys):
     out = tmp_path / "consistency.png"
     images = program.run(_options(workdir, out, mode="consistency", num=3, step_counts=(2, 4, 8)))
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("consistency:") and "S=2,4,8 " in header and "S=20" not in header, header
     assert images.shape == (9,) + IMAGE
     assert np.asarray(Image.open(out)).shape == _grid_shape(3, 3)
+
+
+def test_an_out_in_a_new_directory_says_it_created_it(workdir, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "x.png"
+    program.run(_options(workdir, out, num=2))
+    assert out.is_file()
+    printed = capsys.readouterr().out
+    assert f"created the directory {out.parent}" in printed.splitlines()[0], printed
+    program.run(_options(workdir, out, num=2))   # exists now: nothing to say
+    assert "created the directory" not in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -291,6 +291,9 @@ def test_cli_user_errors_are_one_line_with_status_1(networks, tmp_path, capsys):
         (["convert-inception", str(tmp_path / "none.pth"), "o.safetensors"], "no such checkpoint"),
     ]
     for argv, needle in cases:
-        assert main(argv) == 1, argv
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 1, argv
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, (argv, err)
+        assert err.count("\n") == 1 and err.startswith("python -m ddim_jax.metrics: error: ") and needle in err, \
+            (argv, err)

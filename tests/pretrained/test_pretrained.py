@@ -403,7 +403,8 @@ def test_export_to_workdir_round_trip(tmp_path, small, capsys):
         rtol=1e-5, atol=1e-5)
     # A second export into the same workdir is refused with a one-line message and exit status 1.
     capsys.readouterr()
-    assert main(["--pretrained", str(directory), "--workdir", str(workdir)]) == 1
+    with pytest.raises(SystemExit, match="^1$"):
+        main(["--pretrained", str(directory), "--workdir", str(workdir)])
     assert "already holds checkpoints" in capsys.readouterr().err
     with pytest.raises(PretrainedError, match="no such directory"):
         export_pretrained_to_workdir(str(tmp_path / "absent"), tmp_path / "run2")
@@ -457,6 +458,7 @@ def test_unreadable_configs_non_float_weights_and_escaping_shards_are_refused(tm
 def test_export_into_a_file_or_an_unwritable_path_is_one_line(tmp_path, small, capsys):
     (tmp_path / "file").write_text("x")
     for workdir in (tmp_path / "file", tmp_path / "file" / "run", "/proc/ddim_jax_test/run"):
-        assert main(["--pretrained", str(small[1]), "--workdir", str(workdir)]) == 1
+        with pytest.raises(SystemExit, match="^1$"):
+            main(["--pretrained", str(small[1]), "--workdir", str(workdir)])
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+        assert len(err.splitlines()) == 1 and err.startswith("python -m ddim_jax.pretrained: error: "), err
