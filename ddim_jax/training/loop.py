@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import ml_collections
@@ -131,74 +132,88 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str,
 
     mesh = global_data_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
-    data_sharding = NamedSharding(mesh, PartitionSpec("data"))
     writer = RunWriter(workdir)
-
     if batches is None:  # a bad split or crop: refused now, not from inside the data iterator later
         input_pipeline.check_crop_fits(input_pipeline.open_source(config, config.data.train_split), config)
     abstract_state = abstract_train_state(config, replicated)
     manager = checkpoints.make_manager(workdir, keep=training.keep_checkpoints)
     try:
-        resumed = checkpoints.restore_latest_verified(
-            manager, abstract_state, check_config=lambda stored: _check_resume_compatible(stored, config, workdir))
-        latest = None
-        if resumed is not None:
-            state, progress, latest = resumed
-            start_step = int(progress["data_position"])
-            logger.info("Resumed from checkpoint %d in %s", latest, manager.directory)
-            if writer.is_lead:
-                truncate_metrics(writer.metrics_path, latest)
-        else:
-            state = jitted_init(config, replicated)()
-            start_step = 0
-        last_saved_step = latest
-
+        state, start_step, last_saved_step = _restore_or_init(manager, abstract_state, config, workdir, writer,
+                                                              replicated)
         if start_step >= training.num_train_steps:
             logger.info("Nothing to do: step %d >= num_train_steps %d", start_step, training.num_train_steps)
             return state
-
         if batches is None:
             batches = input_pipeline.train_batches(config, start_step=start_step,
                                                    process_index=jax.process_index(),
                                                    process_count=jax.process_count())
-        train_step = jitted_train_step(config, replicated, data_sharding)
-        grid = GridSampler(config, replicated) if training.num_grid_samples > 0 else None
-        schedule = learning_rate_schedule(config)
         num_params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(abstract_state.params))
         logger.info("Training %s: %d params, %d devices, %d processes, steps %d -> %d", config.data.name,
-                     num_params, num_devices, jax.process_count(), start_step, training.num_train_steps)
-
-        pending: list[tuple[int, dict]] = []
-        window_start, window_step = time.perf_counter(), start_step
-        for step in range(start_step, training.num_train_steps):
-            local_batch = next(batches)
-            batch = jax.tree.map(lambda a: jax.make_array_from_process_local_data(data_sharding, a), local_batch)
-            state, metrics = train_step(state, batch)
-            pending.append((step, metrics))
-            done = step + 1
-            is_last = done == training.num_train_steps
-            if done % training.log_every_steps == 0 or done % training.checkpoint_every_steps == 0 or is_last:
-                loss, grad_norm = _flush_metrics(pending, last_saved_step)
-                now = time.perf_counter()
-                steps_per_sec = (done - window_step) / max(now - window_start, 1e-9)
-                record = {"step": done, "loss": loss, "grad_norm": grad_norm, "learning_rate": float(schedule(step)),
-                          "steps_per_sec": steps_per_sec,
-                          "images_per_sec": steps_per_sec * training.batch_size, "time": time.time()}
-                writer.write_metrics(record)
-                logger.info("step %d/%d  loss %.5f  grad_norm %.3f  %.2f steps/s  %.1f images/s", done,
-                             training.num_train_steps, loss, grad_norm, steps_per_sec, record["images_per_sec"])
-                pending.clear()
-                window_start, window_step = time.perf_counter(), done
-            if done % training.checkpoint_every_steps == 0 or is_last:
-                checkpoints.save_checkpoint(manager, state, config)  # state checked finite just above
-                last_saved_step = done
-            if grid is not None and (done % training.sample_every_steps == 0 or is_last):
-                path = writer.write_grid(done, grid(state.ema_params), config.data.image_size)
-                if path:
-                    logger.info("Wrote EMA samples to %s", path)
-        return state
+                    num_params, num_devices, jax.process_count(), start_step, training.num_train_steps)
+        return _run_steps(config, state, batches, start_step, last_saved_step, manager, writer, mesh)
     finally:
         try:
             checkpoints.wait_for_saves(manager)  # a save in flight completes; a non-finite state is never saved
         finally:
             manager.close()
+
+
+def _restore_or_init(manager: Any, abstract_state: TrainState, config: ml_collections.ConfigDict, workdir: str,
+                     writer: RunWriter, replicated: NamedSharding) -> tuple[TrainState, int, int | None]:
+    """``(state, start step, last saved step)``: the newest checkpoint that verifies, else a fresh state."""
+    resumed = checkpoints.restore_latest_verified(
+        manager, abstract_state, check_config=lambda stored: _check_resume_compatible(stored, config, workdir))
+    if resumed is None:
+        return jitted_init(config, replicated)(), 0, None
+    state, progress, latest = resumed
+    logger.info("Resumed from checkpoint %d in %s", latest, manager.directory)
+    if writer.is_lead:
+        truncate_metrics(writer.metrics_path, latest)
+    return state, int(progress["data_position"]), latest
+
+
+def _run_steps(config: ml_collections.ConfigDict, state: TrainState, batches: Iterator[np.ndarray], start_step: int,
+               last_saved_step: int | None, manager: Any, writer: RunWriter, mesh: Any) -> TrainState:
+    """Steps ``start_step .. num_train_steps - 1``: metrics every ``log_every_steps``, checkpoints and
+    EMA grids on their intervals and at the end. Metrics are fetched only when logged (no host sync
+    per step)."""
+    training = config.training
+    replicated = NamedSharding(mesh, PartitionSpec())
+    data_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    train_step = jitted_train_step(config, replicated, data_sharding)
+    grid = GridSampler(config, replicated) if training.num_grid_samples > 0 else None
+    schedule = learning_rate_schedule(config)
+    pending: list[tuple[int, dict]] = []
+    window = (time.perf_counter(), start_step)
+    for step in range(start_step, training.num_train_steps):
+        batch = jax.tree.map(lambda a: jax.make_array_from_process_local_data(data_sharding, a), next(batches))
+        state, metrics = train_step(state, batch)
+        pending.append((step, metrics))
+        done = step + 1
+        is_last = done == training.num_train_steps
+        if done % training.log_every_steps == 0 or done % training.checkpoint_every_steps == 0 or is_last:
+            _log_window(writer, pending, last_saved_step, window, done, float(schedule(step)), config)
+            pending.clear()
+            window = (time.perf_counter(), done)
+        if done % training.checkpoint_every_steps == 0 or is_last:
+            checkpoints.save_checkpoint(manager, state, config)  # state checked finite just above
+            last_saved_step = done
+        if grid is not None and (done % training.sample_every_steps == 0 or is_last):
+            path = writer.write_grid(done, grid(state.ema_params), config.data.image_size)
+            if path:
+                logger.info("Wrote EMA samples to %s", path)
+    return state
+
+
+def _log_window(writer: RunWriter, pending: list[tuple[int, dict]], last_saved_step: int | None,
+                window: tuple[float, int], done: int, learning_rate: float, config: ml_collections.ConfigDict) -> None:
+    """Fetches the queued steps' metrics (stopping at a non-finite one) and writes one metrics row."""
+    loss, grad_norm = _flush_metrics(pending, last_saved_step)
+    window_start, window_step = window
+    steps_per_sec = (done - window_step) / max(time.perf_counter() - window_start, 1e-9)
+    record = {"step": done, "loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate,
+              "steps_per_sec": steps_per_sec, "images_per_sec": steps_per_sec * config.training.batch_size,
+              "time": time.time()}
+    writer.write_metrics(record)
+    logger.info("step %d/%d  loss %.5f  grad_norm %.3f  %.2f steps/s  %.1f images/s", done,
+                config.training.num_train_steps, loss, grad_norm, steps_per_sec, record["images_per_sec"])
