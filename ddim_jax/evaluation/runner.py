@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ddim_jax.evaluation import reports
 from ddim_jax.evaluation.cells import (
     Cell,
     identity_hash,
@@ -25,6 +24,7 @@ from ddim_jax.evaluation.cells import (
     sample_file_name,
 )
 from ddim_jax.evaluation.measuring import MetricSetup, measure, prepare_metrics
+from ddim_jax.evaluation.reports import TABLE_FILE, merge_records, read_table, write_reports
 from ddim_jax.generation.loading import LoadedModel, load_pretrained, load_run
 from ddim_jax.generation.modes import run_samples
 from ddim_jax.generation.sampler_spec import SampleError
@@ -169,7 +169,7 @@ def _pending(cells: Sequence[Cell], loaded: LoadedModel, setup: MetricSetup, num
     for cell in cells:
         if identity_hash({**image_identity(loaded, cell, num=num, ema=ema), **setup.identity}) in known:
             if lead:
-                print(f"{cell.name}: already in {reports.TABLE_FILE} (same identity), skipped")
+                print(f"{cell.name}: already in {TABLE_FILE} (same identity), skipped")
         else:
             pending.append(cell)
     return pending
@@ -187,7 +187,7 @@ def run(options: EvaluateOptions) -> list[dict[str, Any]]:
     lead = is_lead_process()
     lock = _lock(out_dir) if lead else None
     try:
-        records = reports.read_table(out_dir) if lead else []
+        records = read_table(out_dir) if lead else []
         if lead:
             print(f"evaluate: {loaded.description}; {len(cells)} cell(s) x {num} images; "
                   f"metrics {','.join(setup.metrics)}; out {out_dir}")
@@ -198,14 +198,14 @@ def run(options: EvaluateOptions) -> list[dict[str, Any]]:
                                    progress=options.progress and lead)
             if record is None:
                 continue
-            records = reports.merge_records(out_dir, [record])
-            reports.write_reports(records, out_dir, setup.plotted_keys())
+            records = merge_records(out_dir, [record])
+            write_reports(records, out_dir, setup.plotted_keys())
             values = ", ".join(f"{key}={record[key]:.4g}" for key in setup.keys() if key in record)
             print(f"{cell.name}: {values} ({record['images_per_second']:.1f} img/s)")
             if index == 0 and len(pending) > 1:
                 print(_plan_line(len(pending), time.perf_counter() - start, num), flush=True)
         if lead:
-            print("wrote " + ", ".join(reports.write_reports(records, out_dir, setup.plotted_keys())))
+            print("wrote " + ", ".join(write_reports(records, out_dir, setup.plotted_keys())))
         return records
     finally:
         if lock is not None:

@@ -123,3 +123,37 @@ def test_table_json_that_is_not_a_list_of_records_is_one_line(tiny_run, tmp_path
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a JSON list of records" in lines[0], result.stderr[-2000:]
+
+
+def test_every_field_that_changes_the_images_changes_the_identity():
+    """The params, their source, EMA or raw, the schedule, the precision (a bf16 rerun never reuses
+    fp32 records), the sampler, guidance, N and the seed each give another identity and sample file."""
+    import dataclasses
+    import types
+
+    from ddim_jax.generation.loading import LoadedModel
+    from ddim_jax.generation.sampler_spec import SamplerSpec
+
+    loaded = LoadedModel(model=types.SimpleNamespace(dtype="float32"), params=None,
+                         alphas_cumprod=np.linspace(1, 0.1, 10), image_shape=(8, 8, 1),
+                         description="runs/a step 5 (EMA params)", fingerprint="f" * 64)
+    cell = evaluation.Cell(SamplerSpec(steps=2, clip_x0=False), seed=0)
+    base = evaluation.image_identity(loaded, cell, num=4, ema=True)
+    variants = [
+        evaluation.image_identity(dataclasses.replace(loaded, fingerprint="e" * 64), cell, num=4, ema=True),
+        evaluation.image_identity(dataclasses.replace(loaded, description="runs/b"), cell, num=4, ema=True),
+        evaluation.image_identity(loaded, cell, num=4, ema=False),
+        evaluation.image_identity(dataclasses.replace(loaded, alphas_cumprod=np.linspace(1, 0.2, 10)), cell, num=4,
+                                  ema=True),
+        evaluation.image_identity(dataclasses.replace(loaded, model=types.SimpleNamespace(dtype="bfloat16")), cell,
+                                  num=4, ema=True),
+        evaluation.image_identity(loaded, dataclasses.replace(cell, spec=SamplerSpec(steps=2, clip_x0=True)), num=4,
+                                  ema=True),
+        evaluation.image_identity(loaded, dataclasses.replace(cell, guidance=2.0), num=4, ema=True),
+        evaluation.image_identity(loaded, cell, num=8, ema=True),
+        evaluation.image_identity(loaded, dataclasses.replace(cell, seed=1), num=4, ema=True),
+    ]
+    hashes = {evaluation.cells.identity_hash(identity) for identity in [base, *variants]}
+    assert len(hashes) == 1 + len(variants)
+    names = {evaluation.cells.sample_file_name(cell, identity) for identity in [base, *variants]}
+    assert len(names) == 1 + len(variants)

@@ -294,3 +294,35 @@ def test_cli_user_errors_are_one_line_with_status_1(networks, tmp_path, capsys):
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, (argv, err)
+
+
+def test_downsizing_resize_has_no_antialiasing_as_pytorch_fid():
+    """A 512 x 512 image (larger than 299: where antialiasing would change the result) resized as
+    pytorch-fid's F.interpolate(bilinear, align_corners=False)."""
+    from ddim_jax.metrics.features import preprocess_for_inception
+
+    image = np.random.default_rng(0).integers(0, 256, (1, 512, 512, 3), dtype=np.uint8)
+    ours = np.asarray(preprocess_for_inception(image))
+    x = torch.from_numpy(image).permute(0, 3, 1, 2).float() / 255.0
+    theirs = 2 * torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
+    np.testing.assert_allclose(ours, theirs.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+
+
+def test_inception_weights_must_be_floating_point(networks, tmp_path):
+    state = {k: v.numpy() for k, v in networks[4].items() if not k.endswith("num_batches_tracked")}
+    state["fc.weight"] = state["fc.weight"].astype(np.int32)
+    path = tmp_path / "int.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(InceptionWeightsError, match="not floating-point: fc.weight"):
+        load_inception(path)
+
+
+def test_convert_inception_refuses_text_and_non_tensors_in_one_line(tmp_path, capsys):
+    text = tmp_path / "text.pth"
+    text.write_text("hello, not a checkpoint\n")
+    lists = tmp_path / "lists.pth"
+    torch.save({"a": [1, 2], "b": torch.zeros(2)}, lists)
+    for path, needle in ((text, "is not a PyTorch checkpoint"), (lists, "not a state dict of tensors")):
+        assert main(["convert-inception", str(path), str(tmp_path / "o.safetensors")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
