@@ -157,9 +157,13 @@ def evaluate_cell(loaded: LoadedModel, cell: Cell, setup: MetricSetup, *, num: i
     return record
 
 
-def _plan_line(total: int, seconds: float, num: int) -> str:
-    return (f"plan: {total} cell(s) x {num} images; the first took {seconds:.0f} s ({num / max(seconds, 1e-9):.1f} "
-            f"img/s, sampling and measuring), so the {total - 1} left need about {(total - 1) * seconds / 60:.1f} min")
+def _plan_line(pending: Sequence[Cell], seconds: float, num: int) -> str:
+    """The time left, from the first cell's: sampling costs about S network calls per image (the
+    first cell's time also holds its compilation, so this errs high)."""
+    left = seconds * sum(cell.spec.steps for cell in pending[1:]) / pending[0].spec.steps
+    return (f"plan: {len(pending)} cell(s) x {num} images; the first (S = {pending[0].spec.steps}) took "
+            f"{seconds:.0f} s ({num / max(seconds, 1e-9):.1f} img/s), so the {len(pending) - 1} left need about "
+            f"{left / 60:.1f} min (time taken as proportional to S)")
 
 
 def _pending(cells: Sequence[Cell], loaded: LoadedModel, setup: MetricSetup, num: int, ema: bool | None,
@@ -203,7 +207,7 @@ def run(options: EvaluateOptions) -> list[dict[str, Any]]:
             values = ", ".join(f"{key}={record[key]:.4g}" for key in setup.keys() if key in record)
             print(f"{cell.name}: {values} ({record['images_per_second']:.1f} img/s)")
             if index == 0 and len(pending) > 1:
-                print(_plan_line(len(pending), time.perf_counter() - start, num), flush=True)
+                print(_plan_line(pending, time.perf_counter() - start, num), flush=True)
         if lead:
             print("wrote " + ", ".join(write_reports(records, out_dir, setup.plotted_keys())))
         return records

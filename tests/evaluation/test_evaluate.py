@@ -109,8 +109,8 @@ def test_evaluate_end_to_end_table_and_resume(tiny_run, tmp_path, subprocess_env
 
 @pytest.mark.parametrize("args, message", [
     (["--metric=fid"], "needs --ref_stats"),
-    (["--metric=is"], "need the FID Inception weights"),
-    (["--metric=is", "--inception=/nonexistent.safetensors"], "pt_inception-2015-12-05-6726825d.pth"),
+    (["--metric=is", "--num=10"], "--inception FILE.safetensors"),
+    (["--metric=is", "--num=10", "--inception=/nonexistent.safetensors"], "pt_inception-2015-12-05-6726825d.pth"),
     (["--metric=bogus"], "unknown --metric bogus"),
     (["--steps=2,x"], "--steps must be comma-separated integers"),
     (["--solver=dpmpp_2m", "--eta=1"], "deterministic"),
