@@ -172,31 +172,41 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
     _sync_processes("shards written")
     if not lead:
         return None
-    shards = []
-    for index in range(num_shards):
-        path = shard_path(shard_dir, index)
-        shard = read_shard(path, min(batch_size, num - index * batch_size), loaded.image_shape)
-        if shard is None:
-            raise SampleError(f"{path} changed while {out} was assembled; rerun to sample it again")
-        shards.append(shard)
-    images = np.concatenate(shards)
-    written = []
-    labels = _labels(loaded, num, label)
-    extra = {} if labels is None else {"labels": labels}
-    if out.endswith(".npz"):
-        written += write_images(out, images, **extra)
-    else:
-        shown, ncols = images[:GRID_MAX_IMAGES], None
-        if label == "all":
-            shown, ncols = class_rows(shown, labels[:GRID_MAX_IMAGES], loaded.num_classes)
-        written += write_images(out, shown, ncols=ncols)
-        if npz_out is not None:
-            written += write_images(npz_out, images, **extra)
+    images = _assemble(loaded, shard_dir, num, batch_size, out)
+    written = _write_outputs(loaded, out, npz_out, images, label)
     if npz_out is not None:
         write_done_record(out, done_meta, written)
     shutil.rmtree(shard_dir)
     report_written(written, images.shape)
     return images
+
+
+def _assemble(loaded: LoadedModel, shard_dir: str, num: int, batch_size: int, out: str) -> np.ndarray:
+    """The ``num`` images of the shards, in order (uint8 [num, H, W, C])."""
+    shards = []
+    for index in range(-(-num // batch_size)):
+        path = shard_path(shard_dir, index)
+        shard = read_shard(path, min(batch_size, num - index * batch_size), loaded.image_shape)
+        if shard is None:
+            raise SampleError(f"{path} changed while {out} was assembled; rerun to sample it again")
+        shards.append(shard)
+    return np.concatenate(shards)
+
+
+def _write_outputs(loaded: LoadedModel, out: str, npz_out: str | None, images: np.ndarray,
+                   label: str | int | None) -> list[str]:
+    """``out`` (an ``.npz``, or a grid ``.png`` plus ``npz_out`` for many images); returns the paths."""
+    labels = _labels(loaded, len(images), label)
+    extra = {} if labels is None else {"labels": labels}
+    if out.endswith(".npz"):
+        return write_images(out, images, **extra)
+    shown, ncols = images[:GRID_MAX_IMAGES], None
+    if label == "all":
+        shown, ncols = class_rows(shown, labels[:GRID_MAX_IMAGES], loaded.num_classes)
+    written = write_images(out, shown, ncols=ncols)
+    if npz_out is not None:
+        written += write_images(npz_out, images, **extra)
+    return written
 
 
 def _usable_shard(shard_dir: str, index: int, count: int, image_shape: tuple[int, ...]) -> bool:
