@@ -35,8 +35,8 @@ from ddim_jax.models.precision import PrecisionError, with_precision
 from ddim_jax.parallel.processes import is_lead_process
 
 # Images per cell when --num is not given. Inception metrics: the paper's 50,000. Digits: 500, the
-# N of the published digits tables, where S = 10 and S = 20 differ by several times the spread
-# between seeds, and 4 cells take minutes on a laptop CPU, not half an hour.
+# N of the digits tables in docs/evaluation.md: there S = 10 and S = 20 differ by about three times
+# the spread between seeds, and the default 4 cells take minutes on a CPU, not half an hour.
 DEFAULT_NUM = {"inception": 50_000, "digits": 500}
 LOCK_FILE = "evaluate.lock"
 
