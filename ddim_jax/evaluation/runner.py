@@ -191,7 +191,7 @@ def run(options: EvaluateOptions) -> list[dict[str, Any]]:
     lead = is_lead_process()
     lock = _lock(out_dir) if lead else None
     try:
-        records = read_table(out_dir) if lead else []
+        records = read_table(out_dir)   # every process: all must skip the same cells (shards sync)
         if lead:
             print(f"evaluate: {loaded.description}; {len(cells)} cell(s) x {num} images; "
                   f"metrics {','.join(setup.metrics)}; out {out_dir}")
