@@ -9,15 +9,13 @@ r"""Measure sample quality the way the paper does: its Table 1 (quality against 
   python evaluate.py --workdir runs/digits_cond --guidance 0,1,2,4 --steps 20  # accuracy + fd_digits per scale
 
 Axes are comma lists; every (skip, solver, eta, S, seed) cell samples exactly --num images through
-the code sample.py uses (resumable shards, the same images for a seed whatever the batch size,
-device count or process count), measures them, and is appended to ``<out>/table.json``; ``table.md``
-(rows eta, columns S) and one ``<metric>.png`` per metric are rewritten after each cell. A rerun
-skips the cells already measured. The paper's settings are the defaults: EMA params, no x0 clipping
-(``--clip`` turns it on), exactly N images. User errors print one line and exit 1.
+the code sample.py uses, measures them, and is merged into ``<out>/table.json``; ``table.md`` and one
+``<metric>.png`` per metric are rewritten after each cell. A rerun skips the cells whose identity
+(model, precision, sampler, N, seed, metric setup) is already measured. The paper's settings are
+the defaults: EMA params, no x0 clipping (``--clip`` turns it on), exactly N images. User errors
+print one line and exit 1. docs/evaluation.md has the details.
 """
 
-import dataclasses
-import os
 import sys
 
 from absl import app, flags, logging
@@ -25,10 +23,8 @@ from absl import app, flags, logging
 from ddim_jax import evaluation
 from ddim_jax.cli.entry import fail, user_errors
 from ddim_jax.cli.flags import normalize_argv
-from ddim_jax.generation.loading import load_pretrained, load_run
 from ddim_jax.generation.sampler_spec import SampleError
 from ddim_jax.metrics import RESIZE_MODES
-from ddim_jax.models.precision import PrecisionError, with_precision
 from ddim_jax.parallel import processes
 from ddim_jax.solvers import SOLVERS
 
@@ -38,11 +34,12 @@ flags.DEFINE_string("workdir", "runs/digits", "Training run to evaluate (its lat
 flags.DEFINE_string("pretrained", None, "A diffusers-format UNet2DModel checkpoint instead of --workdir.")
 flags.DEFINE_list("steps", ["10", "20", "50", "100"], "S values (columns of the table).")
 flags.DEFINE_list("eta", ["0"], "eta values (rows); 0 = DDIM, 1 = DDPM.")
-flags.DEFINE_bool("sigma_hat", False, "Also the paper's sigma-hat row (larger variance).")
+flags.DEFINE_bool("sigma_hat", False, "Also the paper's sigma-hat row (larger variance; ddim solver only).")
 flags.DEFINE_list("skip", None, "Timestep spacings (default: the run's config.sampling.skip).")
 flags.DEFINE_list("solver", ["ddim"], f"Solvers, of {', '.join(SOLVERS)}.")
-flags.DEFINE_integer("num", None, "Images per cell (default: 50,000 for Inception metrics, 2,000 for digits).")
-flags.DEFINE_integer("seed", 0, "Seed of the images.")
+flags.DEFINE_integer("num", None, "Images per cell (default: 50,000 for Inception metrics, "
+                     f"{evaluation.DEFAULT_NUM['digits']} for digits).")
+flags.DEFINE_integer("seed", 0, "Seed of the images, in [0, 2**32).")
 flags.DEFINE_list("seeds", None, "Several seeds (mean +- std in table.md); overrides --seed.")
 flags.DEFINE_list("metric", None, f"Metrics, of {', '.join(evaluation.METRICS)} (default: digits for the digits "
                   "dataset, fid otherwise).")
@@ -60,97 +57,36 @@ flags.DEFINE_list("guidance", None, "Class-conditional runs: classifier-free gui
                   "Image i is of class i mod K; the digits metric then also reports accuracy.")
 processes.define_flags()
 
-DEFAULT_NUM = {"inception": 50_000, "digits": 2_000}
 
-
-def _ints(name: str, values) -> list[int]:
+def _numbers(name: str, values, kind: type) -> list:
     try:
-        return [int(value) for value in values]
+        return [kind(value) for value in values]
     except ValueError:
-        raise SampleError(f"--{name} must be comma-separated integers, got {','.join(values)!r}") from None
+        what = "integers" if kind is int else "numbers"
+        raise SampleError(f"--{name} must be comma-separated {what}, got {','.join(values)!r}") from None
 
 
-def _floats(name: str, values) -> list[float]:
-    try:
-        return [float(value) for value in values]
-    except ValueError:
-        raise SampleError(f"--{name} must be comma-separated numbers, got {','.join(values)!r}") from None
-
-
-def run() -> list[dict]:
-    """Everything evaluate.py does; raises SampleError (one line) for user errors."""
-    processes.initialize(FLAGS)
-    steps, etas = _ints("steps", FLAGS.steps), _floats("eta", FLAGS.eta)
-    seeds = _ints("seeds", FLAGS.seeds) if FLAGS.seeds else [FLAGS.seed]
-    loaded = (load_pretrained(FLAGS.pretrained) if FLAGS.pretrained
-              else load_run(FLAGS.workdir, use_ema=FLAGS.ema))
-    try:
-        loaded = dataclasses.replace(loaded, model=with_precision(loaded.model, FLAGS.precision))
-    except PrecisionError as error:
-        raise SampleError(str(error)) from None
-    dataset = loaded.config.data.name if loaded.config is not None else None
-    metrics = FLAGS.metric or (["digits"] if dataset == "digits" else ["fid"])
-    skips = FLAGS.skip or [str(loaded.defaults.get("skip", "uniform"))]
-    if loaded.num_classes:
-        guidances = _floats("guidance", FLAGS.guidance) if FLAGS.guidance else [1.0]
-    elif FLAGS.guidance:
-        raise SampleError(f"--guidance needs a class-conditional model; {loaded.description} is unconditional")
-    else:
-        guidances = [None]
-    cells = evaluation.make_cells(steps=steps, etas=etas, skips=skips, solvers=FLAGS.solver, seeds=seeds,
-                                  sigma_hat=FLAGS.sigma_hat, clip_x0=FLAGS.clip, num_timesteps=loaded.num_timesteps,
-                                  guidances=guidances)
-    setup = evaluation.prepare_metrics(metrics, image_shape=loaded.image_shape, inception_weights=FLAGS.inception,
-                                       ref_stats=FLAGS.ref_stats, resize=FLAGS.resize)
-    only_digits = all(metric == "digits" for metric in setup.metrics)
-    num = FLAGS.num or DEFAULT_NUM["digits" if only_digits else "inception"]
-    if num < 2:
-        raise SampleError(f"--num must be at least 2 (a covariance needs two images), got {num}")
-    batch_size = FLAGS.batch_size or int(loaded.defaults.get("batch_size", 64))
-    if batch_size < 1:
-        raise SampleError(f"--batch_size must be at least 1, got {batch_size}")
-    if FLAGS.pretrained:
-        out_dir = FLAGS.out or os.path.join("eval", os.path.basename(os.path.normpath(FLAGS.pretrained)))
-    else:
-        out_dir = FLAGS.out or os.path.join(FLAGS.workdir, "eval")
-    records = evaluation.read_table(out_dir)
-    lead = evaluation.is_lead_process()
-    if lead:
-        print(f"evaluate: {loaded.description}; {len(cells)} cell(s) x {num} images; "
-              f"metrics {','.join(setup.metrics)}; out {out_dir}")
-    for cell in cells:
-        dtype = str(getattr(loaded.model, "dtype", "float32"))
-        if any(cell.matches(record, num) and cell.matches_model(record, dtype) for record in records):
-            if lead:
-                print(f"{cell.name}: already in {evaluation.TABLE_FILE}, skipped")
-            continue
-        record = evaluation.evaluate_cell(loaded, cell, setup, num=num, batch_size=batch_size, out_dir=out_dir,
-                                          progress=FLAGS.progress and lead)
-        if record is None:
-            continue
-        records.append(record)
-        evaluation.write_table(records, out_dir, setup.metrics)
-        values = ", ".join(f"{key}={record[key]:.4g}" for key in sorted(record)
-                           if key in {k for m in setup.metrics for k in evaluation.METRIC_KEYS[m]})
-        print(f"{cell.name}: {values} ({record['images_per_second']:.1f} img/s)")
-    if lead:
-        paths = evaluation.write_table(records, out_dir, setup.metrics)
-        print("wrote " + ", ".join(paths))
-    return records
+def options_from_flags() -> evaluation.EvaluateOptions:
+    """The flags as :class:`ddim_jax.evaluation.EvaluateOptions` (one-line errors for bad lists)."""
+    return evaluation.EvaluateOptions(
+        workdir=FLAGS.workdir, pretrained=FLAGS.pretrained, steps=_numbers("steps", FLAGS.steps, int),
+        etas=_numbers("eta", FLAGS.eta, float), sigma_hat=FLAGS.sigma_hat, skips=FLAGS.skip, solvers=FLAGS.solver,
+        num=FLAGS.num, seeds=_numbers("seeds", FLAGS.seeds, int) if FLAGS.seeds else [FLAGS.seed],
+        metrics=FLAGS.metric, inception=FLAGS.inception, ref_stats=FLAGS.ref_stats, resize=FLAGS.resize,
+        out=FLAGS.out, batch_size=FLAGS.batch_size, clip=FLAGS.clip, ema=FLAGS.ema, progress=FLAGS.progress,
+        precision=FLAGS.precision,
+        guidances=_numbers("guidance", FLAGS.guidance, float) if FLAGS.guidance else None)
 
 
 def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)
     if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        fail("evaluate.py", f"unexpected arguments: {' '.join(argv[1:])}")
     with user_errors("evaluate.py", resume_note="finished cells are in table.json and finished shards are kept; "
                      "rerun the same command to resume"):
-        run()
-
-
-def _fail(message: str) -> None:
-    fail("evaluate.py", message)
+        processes.initialize(FLAGS)
+        evaluation.run(options_from_flags())
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -39,6 +40,7 @@ from ddim_jax.generation.shards import (
     finished_output,
     image_keys,
     prepare_shard_dir,
+    read_shard,
     shard_dir_for,
     shard_path,
     write_done_record,
@@ -46,6 +48,7 @@ from ddim_jax.generation.shards import (
 from ddim_jax.guidance import labels_for
 from ddim_jax.io.atomic import atomic_write, save_npz, save_png
 from ddim_jax.io.images import make_grid, to_uint8
+from ddim_jax.parallel.processes import is_lead_process
 from ddim_jax.sampling import slerp
 from ddim_jax.training.input_pipeline import load_eval_images
 
@@ -130,9 +133,9 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
         meta.update(label=str(label), guidance=float(guidance))
     done_meta = {**meta, "num": num}
     npz_out = all_images_file(out, num)
-    process, process_count = jax.process_index(), jax.process_count()
+    process, process_count, lead = jax.process_index(), jax.process_count(), is_lead_process()
     if npz_out is not None and finished_output(out, done_meta):
-        if process != 0:
+        if not lead:
             return None
         print(f"{out} is already complete ({num} images from the same params and settings); nothing to do")
         with np.load(npz_out) as data:
@@ -143,13 +146,13 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
     seq = loaded.timesteps(spec.steps, spec.skip)
     num_shards = -(-num // batch_size)
     shard_dir = shard_dir_for(out)
-    if process == 0:
+    if lead:
         prepare_shard_dir(shard_dir, meta)
     _sync_processes("shard directory ready")
-    if process != 0:
+    if not lead:
         prepare_shard_dir(shard_dir, meta)   # finds process 0's metadata and checks it
     mine = [index for index in range(process, num_shards, process_count)
-            if not os.path.exists(shard_path(shard_dir, index))]
+            if not _usable_shard(shard_dir, index, min(batch_size, num - index * batch_size), loaded.image_shape)]
     if mine:
         sampler = BatchedSampler(loaded, batch_size, mesh)
         done_before = -(-num_shards // process_count) - len(mine)
@@ -167,30 +170,56 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
         finally:
             bar.close()
     _sync_processes("shards written")
-    if process != 0:
+    if not lead:
         return None
-    shards = []
-    for index in range(num_shards):
-        with np.load(shard_path(shard_dir, index)) as shard:
-            shards.append(shard["images"])
-    images = np.concatenate(shards)
-    written = []
-    labels = _labels(loaded, num, label)
-    extra = {} if labels is None else {"labels": labels}
-    if out.endswith(".npz"):
-        written += write_images(out, images, **extra)
-    else:
-        shown, ncols = images[:GRID_MAX_IMAGES], None
-        if label == "all":
-            shown, ncols = class_rows(shown, labels[:GRID_MAX_IMAGES], loaded.num_classes)
-        written += write_images(out, shown, ncols=ncols)
-        if npz_out is not None:
-            written += write_images(npz_out, images, **extra)
+    images = _assemble(loaded, shard_dir, num, batch_size, out)
+    written = _write_outputs(loaded, out, npz_out, images, label)
     if npz_out is not None:
         write_done_record(out, done_meta, written)
     shutil.rmtree(shard_dir)
     report_written(written, images.shape)
     return images
+
+
+def _assemble(loaded: LoadedModel, shard_dir: str, num: int, batch_size: int, out: str) -> np.ndarray:
+    """The ``num`` images of the shards, in order (uint8 [num, H, W, C])."""
+    shards = []
+    for index in range(-(-num // batch_size)):
+        path = shard_path(shard_dir, index)
+        shard = read_shard(path, min(batch_size, num - index * batch_size), loaded.image_shape)
+        if shard is None:
+            raise SampleError(f"{path} changed while {out} was assembled; rerun to sample it again")
+        shards.append(shard)
+    return np.concatenate(shards)
+
+
+def _write_outputs(loaded: LoadedModel, out: str, npz_out: str | None, images: np.ndarray,
+                   label: str | int | None) -> list[str]:
+    """``out`` (an ``.npz``, or a grid ``.png`` plus ``npz_out`` for many images); returns the paths."""
+    labels = _labels(loaded, len(images), label)
+    extra = {} if labels is None else {"labels": labels}
+    if out.endswith(".npz"):
+        return write_images(out, images, **extra)
+    shown, ncols = images[:GRID_MAX_IMAGES], None
+    if label == "all":
+        shown, ncols = class_rows(shown, labels[:GRID_MAX_IMAGES], loaded.num_classes)
+    written = write_images(out, shown, ncols=ncols)
+    if npz_out is not None:
+        written += write_images(npz_out, images, **extra)
+    return written
+
+
+def _usable_shard(shard_dir: str, index: int, count: int, image_shape: tuple[int, ...]) -> bool:
+    """Whether shard ``index`` is on disk and readable; a truncated or corrupt one is removed with
+    one warning line (it is then sampled again)."""
+    path = shard_path(shard_dir, index)
+    if not os.path.exists(path):
+        return False
+    if read_shard(path, count, image_shape) is not None:
+        return True
+    print(f"warning: {path} is truncated or corrupt; sampling it again", file=sys.stderr)
+    os.remove(path)
+    return False
 
 
 def _sync_processes(name: str) -> None:

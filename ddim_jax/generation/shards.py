@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,29 @@ DONE_SUFFIX = ".json"
 SAMPLING_VERSION = 1
 # Recorded for the messages only: a moved or renamed workdir with the same params may resume.
 _INFORMATIONAL_KEYS = ("source",)
+
+
+# jax.random.key takes the seed modulo 2**32 (99999999999 would give the images of 1215752191).
+SEED_LIMIT = 2**32
+
+
+def validate_seed(seed: int) -> None:
+    """Refuse a seed outside [0, 2**32): the PRNG would silently reduce it to another seed's images."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
+        raise SampleError(f"--seed must be an integer in [0, 2**32) (the PRNG's 32 bits), got {seed!r}")
+
+
+def read_shard(path: str, count: int, image_shape: tuple[int, ...]) -> np.ndarray | None:
+    """Shard ``path``'s uint8 images [count, *image_shape], or None when it is missing, truncated,
+    corrupt or of another shape (then it is sampled again)."""
+    try:
+        with np.load(path, allow_pickle=False) as shard:
+            images = np.asarray(shard["images"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    if images.dtype != np.uint8 or images.shape != (count, *image_shape):
+        return None
+    return images
 
 
 def image_keys(seed: int, start: int, count: int) -> tuple[jax.Array, jax.Array]:

@@ -228,13 +228,15 @@ def digits_reference_statistics(params: dict[str, Any] | None = None) -> tuple[n
 
 
 def digits_metrics(images_uint8: np.ndarray, labels: np.ndarray | int | None = None,
-                   params: dict[str, Any] | None = None) -> dict[str, float]:
+                   params: dict[str, Any] | None = None, notes: list[str] | None = None) -> dict[str, float]:
     """``fd_digits``, ``confidence`` and (with ``labels``: one int or int [N]) ``accuracy`` of uint8 digits.
 
     Args:
       images_uint8: uint8 [N, 8, 8, 1] (or [N, 8, 8]), N >= 2, grey levels as the training data.
       labels: the intended class of each image, or one class for all; omit for unconditional samples.
       params: classifier params; default the bundled weights.
+      notes: if given, gets a line when the Fréchet distance met a singular covariance product
+        (``frechet_distance``'s ``notes``).
     """
     images = _check_images(images_uint8)
     if len(images) < 2:
@@ -243,7 +245,7 @@ def digits_metrics(images_uint8: np.ndarray, labels: np.ndarray | int | None = N
     mu, sigma = feature_statistics(feats)
     mu_ref, sigma_ref = digits_reference_statistics(params)
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
-    result = {"fd_digits": frechet_distance(mu, sigma, mu_ref, sigma_ref),
+    result = {"fd_digits": frechet_distance(mu, sigma, mu_ref, sigma_ref, notes=notes),
               "confidence": float(probs.max(axis=1).mean())}
     if labels is not None:
         labels_array = np.broadcast_to(np.asarray(labels), (len(images),))

@@ -290,6 +290,11 @@ def inception_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> Inception
     for label, names in (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", misshaped)):
         if names:
             problems.append(f"{len(names)} {label}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+    not_float = sorted(name for name in set(expected) & set(state)
+                       if not np.issubdtype(np.asarray(state[name]).dtype, np.floating))
+    if not_float:
+        problems.append(f"{len(not_float)} not floating-point: {', '.join(not_float[:8])}"
+                        f"{' ...' if len(not_float) > 8 else ''}")
     if problems:
         raise InceptionWeightsError("Inception weights do not match the FID InceptionV3: " + "; ".join(problems))
     variables: dict[str, Any] = {"params": {}, "batch_stats": {}}
@@ -344,6 +349,11 @@ def convert_inception_checkpoint(src: str | os.PathLike, dst: str | os.PathLike)
     src, dst = os.fspath(src), os.fspath(dst)
     if not os.path.isfile(src):
         raise InceptionWeightsError(f"no such checkpoint: {src} (download {WEIGHTS_URL})")
+    with open(src, "rb") as handle:
+        magic = handle.read(2)
+    if magic not in (b"PK", b"\x80\x02"):   # torch.save's zip archive, or its legacy pickle (protocol 2)
+        raise InceptionWeightsError(f"{src} is not a PyTorch checkpoint (neither torch.save's zip archive nor its "
+                                    f"legacy pickle); download {WEIGHTS_URL}")
     try:
         state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -351,6 +361,10 @@ def convert_inception_checkpoint(src: str | os.PathLike, dst: str | os.PathLike)
                                     f"({type(err).__name__}: {err})") from err
     if not isinstance(state, Mapping):
         raise InceptionWeightsError(f"{src} does not hold a state dict (got {type(state).__name__})")
+    not_tensors = sorted(str(name) for name, value in state.items() if not isinstance(value, torch.Tensor))
+    if not_tensors:
+        raise InceptionWeightsError(f"{src} is not a state dict of tensors ({len(not_tensors)} entries are not, "
+                                    f"first {not_tensors[0]!r})")
     arrays = {name: np.ascontiguousarray(value.detach().cpu().numpy().astype(np.float32))
               for name, value in state.items() if not name.endswith(".num_batches_tracked")}
     inception_from_state_dict(arrays)  # refuses anything that is not the FID network

@@ -2,10 +2,12 @@
 
 - :func:`kernel_inception_distance`: Bińkowski et al., "Demystifying MMD GANs", ICLR 2018. The
   unbiased MMD^2 estimate with the cubic polynomial kernel ``k(x, y) = (x.y / d + 1)^3``, averaged
-  over ``num_subsets`` random subsets of ``m = min(subset_size, N_a, N_b)`` features of each set
-  (as in their code, torch-fidelity and clean-fid).
+  over ``num_subsets`` random subsets of ``subset_size`` features of each set, drawn as torch-fidelity
+  draws them (same defaults: 100 subsets of 1,000, seed 2020). A subset larger than either set is
+  refused, as torch-fidelity does: capping it would make every subset the whole set (a std of 0).
 - :func:`inception_score`: Salimans et al., "Improved Techniques for Training GANs", NeurIPS 2016.
-  ``exp(E_x KL(p(y|x) || p(y)))`` per split, mean and std over ``num_splits`` consecutive splits;
+  ``exp(E_x KL(p(y|x) || p(y)))`` per split, mean and std over ``num_splits`` contiguous splits
+  (split i holds rows ``i N // num_splits .. (i + 1) N // num_splits - 1``, the original code's rule);
   ``p(y|x)`` is the softmax over all 1008 outputs of the FID Inception's ``fc``. The original
   TensorFlow code (and torch-fidelity's default ``logits_unbiased``) multiplies the pool features by
   the ``fc`` weight *without its bias*: pass ``unbiased_logits(features, inception)`` to match them.
@@ -35,15 +37,15 @@ def _check_features(name: str, feats: np.ndarray, min_rows: int = 2) -> np.ndarr
 
 
 def kernel_inception_distance(feats_a: np.ndarray, feats_b: np.ndarray, num_subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+                              subset_size: int = 1000, seed: int = 2020) -> tuple[float, float]:
     """Unbiased MMD^2 with the kernel ``(x.y / d + 1)^3``: mean and std over subsets.
 
     Args:
-      feats_a, feats_b: [N_a, D] and [N_b, D] features.
+      feats_a, feats_b: [N_a, D] (generated) and [N_b, D] (real) features.
       num_subsets: number of random subsets.
-      subset_size: features per subset and set, capped at ``min(N_a, N_b)``.
-      seed: subsets are drawn with ``np.random.default_rng(seed)``: for each subset,
-        ``rng.choice(N_a, m, replace=False)`` then ``rng.choice(N_b, m, replace=False)``.
+      subset_size: features per subset and set; at most ``min(N_a, N_b)`` (else ``ValueError``).
+      seed: subsets are drawn with ``np.random.RandomState(seed)``: for each subset,
+        ``rng.choice(N_a, m, replace=False)`` then ``rng.choice(N_b, m, replace=False)`` (torch-fidelity).
 
     Returns:
       ``(mean, std)`` of the per-subset estimates (std with ``ddof=0``).
@@ -54,9 +56,11 @@ def kernel_inception_distance(feats_a: np.ndarray, feats_b: np.ndarray, num_subs
         raise ValueError(f"feats_a and feats_b differ in dimension: {a.shape[1]} vs {b.shape[1]}")
     if num_subsets < 1 or subset_size < 2:
         raise ValueError(f"need num_subsets >= 1 and subset_size >= 2, got {num_subsets} and {subset_size}")
-    dim = a.shape[1]
-    m = min(subset_size, len(a), len(b))
-    rng = np.random.default_rng(seed)
+    if subset_size > min(len(a), len(b)):
+        raise ValueError(f"KID subset size {subset_size} is larger than a set ({len(a)} and {len(b)} features): "
+                         "every subset would be the whole set; pass a smaller subset_size")
+    dim, m = a.shape[1], subset_size
+    rng = np.random.RandomState(seed)
     estimates = np.empty(num_subsets)
     for s in range(num_subsets):
         x = a[rng.choice(len(a), m, replace=False)]
@@ -77,17 +81,20 @@ def unbiased_logits(features: np.ndarray, inception: Inception) -> np.ndarray:
 def inception_score(logits: np.ndarray, num_splits: int = 10) -> tuple[float, float]:
     """Inception Score from logits [N, K] (K = 1008 for the FID Inception): mean and std over splits.
 
-    The N rows are cut into ``num_splits`` consecutive parts (``np.array_split``, as torch-fidelity);
-    per part ``exp(mean_i sum_y p(y|x_i) (log p(y|x_i) - log p(y)))`` with ``p(y)`` the part's mean.
-    The std uses ``ddof=0``.
+    The N rows are cut into ``num_splits`` contiguous parts, part i being rows
+    ``i N // num_splits .. (i + 1) N // num_splits - 1`` (the original code; torch-fidelity with
+    ``shuffle=False``); per part ``exp(mean_i sum_y p(y|x_i) (log p(y|x_i) - log p(y)))`` with
+    ``p(y)`` the part's mean. The std uses ``ddof=0``. Needs ``N >= num_splits``.
     """
-    logits = _check_features("logits", logits, min_rows=num_splits if num_splits > 0 else 1)
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    logits = _check_features("logits", logits, min_rows=num_splits)
+    count = len(logits)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     scores = []
-    for part in np.array_split(log_p, num_splits):
+    for index in range(num_splits):
+        part = log_p[index * count // num_splits:(index + 1) * count // num_splits]
         log_py = np.log(np.exp(part).mean(axis=0, keepdims=True))
         kl = (np.exp(part) * (part - log_py)).sum(axis=1)
         scores.append(np.exp(kl.mean()))

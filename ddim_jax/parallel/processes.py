@@ -37,3 +37,9 @@ def initialize(values: flags.FlagValues) -> None:
                                    num_processes=values.num_processes, process_id=values.process_id)
     elif values.multihost:
         jax.distributed.initialize()
+
+
+def is_lead_process() -> bool:
+    """Whether this is process 0, the one that writes shared files and prints (True in a
+    one-process run)."""
+    return jax.process_index() == 0

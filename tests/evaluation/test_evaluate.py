@@ -109,12 +109,19 @@ def test_evaluate_end_to_end_table_and_resume(tiny_run, tmp_path, subprocess_env
 
 @pytest.mark.parametrize("args, message", [
     (["--metric=fid"], "needs --ref_stats"),
-    (["--metric=is"], "need the FID Inception weights"),
-    (["--metric=is", "--inception=/nonexistent.safetensors"], "pt_inception-2015-12-05-6726825d.pth"),
+    (["--metric=is", "--num=10"], "--inception FILE.safetensors"),
+    (["--metric=is", "--num=10", "--inception=/nonexistent.safetensors"], "pt_inception-2015-12-05-6726825d.pth"),
     (["--metric=bogus"], "unknown --metric bogus"),
     (["--steps=2,x"], "--steps must be comma-separated integers"),
     (["--solver=dpmpp_2m", "--eta=1"], "deterministic"),
     (["--steps=5000"], "above the model's number of training timesteps"),
+    (["--metric=fid"], "--inception"),                        # every missing input named, not only the first
+    (["--num=0"], "--num must be at least"),                  # not silently the default
+    (["--batch_size=0"], "--batch_size must be at least 1"),
+    (["--sigma_hat", "--solver=unipc"], "--sigma_hat"),        # not silently ignored
+    (["--seed=99999999999"], "32 bits"),                      # would give the images of seed 1215752191
+    (["--seeds=0,-1"], "32 bits"),
+    (["--metric=is", "--num=5"], "at least 10"),
 ])
 def test_evaluate_user_errors_are_one_line(tiny_run, tmp_path, subprocess_env, args, message):
     result = _evaluate(f"--workdir={tiny_run}", f"--out={tmp_path}", "--num=4", *args, env=subprocess_env())
@@ -135,13 +142,35 @@ def test_markdown_table_is_laid_out_like_table_1():
     assert lines[5] == "| ddim | 1 | 20.5 ± 0.71 | 15.5 ± 0.71 |"
 
 
+def test_prepare_metrics_refuses_reference_files_it_cannot_use(tmp_path):
+    """A reference of another dimension than Inception's 2048 features, or features of another
+    dimension than its mu, fails before sampling (not after it)."""
+    small = tmp_path / "small.npz"
+    np.savez(small, mu=np.zeros(64), sigma=np.eye(64))
+    with pytest.raises(SampleError, match="2048"):
+        evaluation.prepare_metrics(["fid"], image_shape=(8, 8, 1), inception_weights=str(tmp_path / "w.safetensors"),
+                                   ref_stats=str(small))
+    mixed = tmp_path / "mixed.npz"
+    np.savez(mixed, mu=np.zeros(2048), sigma=np.eye(2048), features=np.zeros((20, 64), np.float32))
+    with pytest.raises(SampleError, match="features"):
+        evaluation.prepare_metrics(["kid"], image_shape=(8, 8, 1), inception_weights=str(tmp_path / "w.safetensors"),
+                                   ref_stats=str(mixed))
+
+
+def test_non_finite_guidance_is_refused():
+    with pytest.raises(SampleError, match="guidance"):
+        evaluation.make_cells(steps=[2], etas=[0], skips=["uniform"], solvers=["ddim"], seeds=[0], sigma_hat=False,
+                              clip_x0=False, num_timesteps=1000, guidances=[float("nan")])
+
+
 def test_prepare_metrics_checks_before_sampling(tmp_path):
     with pytest.raises(SampleError, match="8x8x1 digits"):
         evaluation.prepare_metrics(["digits"], image_shape=(32, 32, 3), inception_weights=None, ref_stats=None)
     stats = tmp_path / "ref.npz"
-    np.savez(stats, mu=np.zeros(3), sigma=np.eye(3))
+    np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(SampleError, match="no 'features'"):
-        evaluation.prepare_metrics(["kid"], image_shape=(8, 8, 1), inception_weights=None, ref_stats=str(stats))
+        evaluation.prepare_metrics(["kid"], image_shape=(8, 8, 1), inception_weights="w.safetensors",
+                                   ref_stats=str(stats))
     cells = evaluation.make_cells(steps=[10, 20], etas=[0, 1], skips=["uniform"], solvers=["ddim", "unipc"],
                                   seeds=[0, 1], sigma_hat=True, clip_x0=False, num_timesteps=1000)
     # ddim: eta 0, eta 1, sigma-hat; unipc: eta 0 only -> 4 variants x 2 S x 2 seeds

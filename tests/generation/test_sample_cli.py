@@ -199,6 +199,53 @@ def test_resume_after_interrupted_run(workdir, tmp_path, monkeypatch):
     np.testing.assert_array_equal(resumed, expected)
 
 
+def test_truncated_shard_is_resampled_with_one_warning(workdir, tmp_path, monkeypatch, capsys):
+    """A shard cut short (a disk filled up, a copy interrupted) is not a BadZipFile traceback: it is
+    sampled again, with one warning line naming it, and the images equal an uninterrupted run's."""
+    out = str(tmp_path / "cut.npz")
+    expected = program.run(_options(workdir, tmp_path / "reference.npz", num=10))
+    real_decode = batching.BatchedSampler.decode_batch
+    calls = []
+
+    def decode_then_die(self, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(batching.BatchedSampler, "decode_batch", decode_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        program.run(_options(workdir, out, num=10))
+    cut = shards.shard_path(shards.shard_dir_for(out), 1)
+    with open(cut, "rb") as handle:
+        data = handle.read()
+    with open(cut, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+    calls.clear()
+    monkeypatch.setattr(batching.BatchedSampler, "decode_batch",
+                        lambda self, *a, **k: (calls.append(1), real_decode(self, *a, **k))[1])
+    capsys.readouterr()
+    resumed = program.run(_options(workdir, out, num=10))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "shard_000001" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning:"), warnings
+    assert len(calls) == 2      # the cut shard and the missing third one
+    np.testing.assert_array_equal(resumed, expected)
+
+
+def test_shard_meta_changes_are_found_both_ways(workdir):
+    """A key only the previous run had (--label 3 --guidance 2, resumed without them) is a change; a
+    changed schedule changes the meta (alphas_cumprod_sha256)."""
+    previous = {"seed": 0, "label": "3", "guidance": 2.0}
+    assert shards._changed({"seed": 0}, previous) == ["guidance", "label"]
+    assert shards._changed(previous, {"seed": 0}) == ["guidance", "label"]
+    assert shards._changed({"seed": 0, "source": "a"}, {"seed": 0, "source": "b"}) == []
+    loaded = loading.load_run(workdir)
+    spec = sampler_spec.SamplerSpec(steps=2)
+    other_schedule = dataclasses.replace(loaded, alphas_cumprod=loaded.alphas_cumprod * 0.99)
+    assert shards._changed(modes.sample_meta(other_schedule, spec, 0, 4),
+                           modes.sample_meta(loaded, spec, 0, 4)) == ["alphas_cumprod_sha256"]
+
+
 def test_resume_refuses_shards_of_other_settings(workdir, tmp_path):
     out = str(tmp_path / "mixed.npz")
     shard_dir = shards.shard_dir_for(out)

@@ -183,9 +183,10 @@ def test_frechet_distance_matches_pytorch_fid_including_a_singular_covariance():
 
 
 def _kid_reference(a, b, num_subsets, subset_size, seed):
-    """MMD^2_u with k(x, y) = (x.y / d + 1)^3, by explicit loops over pairs."""
-    rng = np.random.default_rng(seed)
-    d, m = a.shape[1], min(subset_size, len(a), len(b))
+    """MMD^2_u with k(x, y) = (x.y / d + 1)^3, by explicit loops over pairs; subsets drawn as
+    torch-fidelity draws them."""
+    rng = np.random.RandomState(seed)
+    d, m = a.shape[1], subset_size
     values = []
     for _ in range(num_subsets):
         x, y = a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)]
@@ -201,8 +202,8 @@ def test_kid_matches_a_loop_implementation():
     a, b = rng.normal(size=(40, 8)), rng.normal(0.5, 1.0, size=(30, 8))
     ours = kernel_inception_distance(a, b, num_subsets=3, subset_size=12, seed=4)
     np.testing.assert_allclose(ours, _kid_reference(a, b, 3, 12, 4), rtol=1e-10)
-    full = kernel_inception_distance(a, b, num_subsets=1, subset_size=1000)  # capped at 30
-    np.testing.assert_allclose(full, _kid_reference(a, b, 1, 1000, 0), rtol=1e-10)
+    full = kernel_inception_distance(a, b, num_subsets=1, subset_size=30)   # all of b
+    np.testing.assert_allclose(full, _kid_reference(a, b, 1, 30, 2020), rtol=1e-10)
     same_distribution = kernel_inception_distance(a[:20], a[20:], num_subsets=1, subset_size=20)[0]
     assert abs(same_distribution) < 0.2 * full[0]
 
@@ -212,7 +213,8 @@ def test_inception_score_matches_scipy_entropy():
     logits = rng.normal(0, 3, size=(103, 17))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     scores = []
-    for part in np.array_split(probs, 10):
+    for i in range(10):   # the original code's split boundaries i * N // 10
+        part = probs[i * 103 // 10:(i + 1) * 103 // 10]
         py = part.mean(0)
         scores.append(np.exp(np.mean([entropy(p, py) for p in part])))
     np.testing.assert_allclose(inception_score(logits), (np.mean(scores), np.std(scores)), rtol=1e-10)
@@ -250,7 +252,7 @@ def test_statistics_npz_round_trip_and_errors(tmp_path):
     (tmp_path / "junk.npz").write_text("not a zip")
     for name, needle in [("missing.npz", "not found"), ("wrong.npz", r"lacks mu, sigma \(has: mean\)"),
                          ("pickled.npz", "cannot read"), ("shape.npz", r"are not \[D\] and \[D, D\]"),
-                         ("junk.npz", "cannot read")]:
+                         ("junk.npz", "not an .npz file")]:
         with pytest.raises(StatisticsFileError, match=needle) as info:
             load_statistics(tmp_path / name)
         assert "\n" not in str(info.value)
@@ -297,3 +299,35 @@ def test_cli_user_errors_are_one_line_with_status_1(networks, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("python -m ddim_jax.metrics: error: ") and needle in err, \
             (argv, err)
+
+
+def test_downsizing_resize_has_no_antialiasing_as_pytorch_fid():
+    """A 512 x 512 image (larger than 299: where antialiasing would change the result) resized as
+    pytorch-fid's F.interpolate(bilinear, align_corners=False)."""
+    from ddim_jax.metrics.features import preprocess_for_inception
+
+    image = np.random.default_rng(0).integers(0, 256, (1, 512, 512, 3), dtype=np.uint8)
+    ours = np.asarray(preprocess_for_inception(image))
+    x = torch.from_numpy(image).permute(0, 3, 1, 2).float() / 255.0
+    theirs = 2 * torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
+    np.testing.assert_allclose(ours, theirs.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+
+
+def test_inception_weights_must_be_floating_point(networks, tmp_path):
+    state = {k: v.numpy() for k, v in networks[4].items() if not k.endswith("num_batches_tracked")}
+    state["fc.weight"] = state["fc.weight"].astype(np.int32)
+    path = tmp_path / "int.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(InceptionWeightsError, match="not floating-point: fc.weight"):
+        load_inception(path)
+
+
+def test_convert_inception_refuses_text_and_non_tensors_in_one_line(tmp_path, capsys):
+    text = tmp_path / "text.pth"
+    text.write_text("hello, not a checkpoint\n")
+    lists = tmp_path / "lists.pth"
+    torch.save({"a": [1, 2], "b": torch.zeros(2)}, lists)
+    for path, needle in ((text, "is not a PyTorch checkpoint"), (lists, "not a state dict of tensors")):
+        assert main(["convert-inception", str(path), str(tmp_path / "o.safetensors")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
