@@ -23,7 +23,7 @@ from ddim_jax.generation.loading import LoadedModel
 from ddim_jax.generation.sampler_spec import SamplerSpec
 from ddim_jax.guidance import guided_eps_fn
 from ddim_jax.models import eps_fn_for
-from ddim_jax.parallel.meshes import DATA_AXIS, local_data_mesh
+from ddim_jax.parallel.meshes import DATA_AXIS, ceil_div, local_data_mesh
 from ddim_jax.sampling import encode, sample
 from ddim_jax.validation import check_guidance_args
 
@@ -44,7 +44,7 @@ class BatchedSampler:
         num_devices = self.mesh.devices.size
         if num_images is not None:
             batch_size = max(1, min(batch_size, num_images))
-        self.batch_size = -(-batch_size // num_devices) * num_devices
+        self.batch_size = ceil_div(batch_size, num_devices) * num_devices
         self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self._params = jax.device_put(loaded.params, replicated)

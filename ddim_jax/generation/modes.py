@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 
 from ddim_jax.generation.batching import BatchedSampler, Progress
 from ddim_jax.generation.loading import LoadedModel
@@ -48,6 +47,7 @@ from ddim_jax.generation.shards import (
 from ddim_jax.guidance import labels_for
 from ddim_jax.io.atomic import atomic_write, save_npz, save_png
 from ddim_jax.io.images import make_grid, to_uint8
+from ddim_jax.parallel.meshes import ceil_div
 from ddim_jax.parallel.processes import is_lead_process
 from ddim_jax.sampling import slerp
 from ddim_jax.training.input_pipeline import load_eval_images
@@ -110,7 +110,7 @@ def all_images_file(out: str, num: int) -> str | None:
 
 
 def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size: int, seed: int,
-                out: str, progress: bool = True, mesh: Mesh | None = None, label: str | int | None = None,
+                out: str, progress: bool = True, label: str | int | None = None,
                 guidance: float = 1.0) -> np.ndarray | None:
     """Exactly ``num`` uint8 samples [num, H, W, C], written to ``out``; resumable.
 
@@ -144,7 +144,7 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
         raise SampleError(f"--out {out} with {num} > {GRID_MAX_IMAGES} images also writes all of them to "
                           f"{npz_out}, which exists; remove it or choose another --out")
     seq = loaded.timesteps(spec.steps, spec.skip)
-    num_shards = -(-num // batch_size)
+    num_shards = ceil_div(num, batch_size)
     shard_dir = shard_dir_for(out)
     if lead:
         prepare_shard_dir(shard_dir, meta)
@@ -154,8 +154,8 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
     mine = [index for index in range(process, num_shards, process_count)
             if not _usable_shard(shard_dir, index, min(batch_size, num - index * batch_size), loaded.image_shape)]
     if mine:
-        sampler = BatchedSampler(loaded, batch_size, mesh)
-        done_before = -(-num_shards // process_count) - len(mine)
+        sampler = BatchedSampler(loaded, batch_size)
+        done_before = ceil_div(num_shards, process_count) - len(mine)
         bar = Progress(done_before + len(mine), f"sampling S={spec.steps}", progress, initial=done_before)
         try:
             for index in mine:
@@ -184,7 +184,7 @@ def run_samples(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size:
 def _assemble(loaded: LoadedModel, shard_dir: str, num: int, batch_size: int, out: str) -> np.ndarray:
     """The ``num`` images of the shards, in order (uint8 [num, H, W, C])."""
     shards = []
-    for index in range(-(-num // batch_size)):
+    for index in range(ceil_div(num, batch_size)):
         path = shard_path(shard_dir, index)
         shard = read_shard(path, min(batch_size, num - index * batch_size), loaded.image_shape)
         if shard is None:
@@ -240,15 +240,15 @@ def interpolation_codes(key: jax.Array, num_pairs: int, points: int, image_shape
 
 def run_interpolate(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size: int, seed: int,
                     out: str, progress: bool = True, points: int = INTERPOLATION_POINTS,
-                    mesh: Mesh | None = None, label: str | int | None = None, guidance: float = 1.0) -> np.ndarray:
+                    label: str | int | None = None, guidance: float = 1.0) -> np.ndarray:
     """``num`` rows of ``points`` images each, decoded from slerped codes (paper Fig. 6); with
     ``label``, row ``i`` has label ``labels_for(num, label, K)[i]``."""
     seq = loaded.timesteps(spec.steps, spec.skip)
     code_key, noise_key = jax.random.split(jax.random.key(seed))
     codes = interpolation_codes(code_key, num, points, loaded.image_shape)
     flat = codes.reshape((num * points,) + loaded.image_shape)
-    sampler = BatchedSampler(loaded, batch_size, mesh, num_images=flat.shape[0])
-    bar = Progress(-(-flat.shape[0] // sampler.batch_size), f"interpolating S={spec.steps}", progress)
+    sampler = BatchedSampler(loaded, batch_size, num_images=flat.shape[0])
+    bar = Progress(ceil_div(flat.shape[0], sampler.batch_size), f"interpolating S={spec.steps}", progress)
     try:
         row_labels = _labels(loaded, num, label)
         labels = None if row_labels is None else np.repeat(row_labels, points)
@@ -273,7 +273,7 @@ def reconstruction_mse(x0: np.ndarray, reconstruction: np.ndarray) -> float:
 
 def run_reconstruct(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size: int, seed: int,
                     out: str, step_counts: Sequence[int], progress: bool = True,
-                    mesh: Mesh | None = None, label: str | int | None = None,
+                    label: str | int | None = None,
                     guidance: float = 1.0) -> dict[int, float]:
     """Encode ``num`` real images and decode them for each S; returns {S: MSE on [0, 1]} (Table 2).
 
@@ -298,8 +298,8 @@ def run_reconstruct(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_s
         raise SampleError(f"cannot load {num} real images of {loaded.config.data.name!r}: {error}") from error
     if x0.shape[1:] != tuple(loaded.image_shape):
         raise SampleError(f"dataset images have shape {x0.shape[1:]}, the model expects {loaded.image_shape}")
-    sampler = BatchedSampler(loaded, batch_size, mesh, num_images=x0.shape[0])
-    batches = -(-x0.shape[0] // sampler.batch_size)
+    sampler = BatchedSampler(loaded, batch_size, num_images=x0.shape[0])
+    batches = ceil_div(x0.shape[0], sampler.batch_size)
     bar = Progress(2 * batches * len(step_counts), "encode + decode", progress)
     columns = [x0]
     mse = {}
@@ -342,13 +342,13 @@ def write_caption(out: str, title: str, column_labels: Sequence[str]) -> list[st
 
 def run_consistency(loaded: LoadedModel, spec: SamplerSpec, *, num: int, batch_size: int, seed: int,
                     out: str, step_counts: Sequence[int], progress: bool = True,
-                    mesh: Mesh | None = None, label: str | int | None = None, guidance: float = 1.0) -> np.ndarray:
+                    label: str | int | None = None, guidance: float = 1.0) -> np.ndarray:
     """The same ``num`` codes x_T decoded with each S, one row per code (paper Fig. 5); with
     ``label``, code ``i`` has label ``labels_for(num, label, K)[i]``."""
     code_key, noise_key = jax.random.split(jax.random.key(seed))
     codes = np.asarray(jax.random.normal(code_key, (num,) + tuple(loaded.image_shape), jnp.float32))
-    sampler = BatchedSampler(loaded, batch_size, mesh, num_images=num)
-    batches = -(-num // sampler.batch_size)
+    sampler = BatchedSampler(loaded, batch_size, num_images=num)
+    batches = ceil_div(num, sampler.batch_size)
     bar = Progress(batches * len(step_counts), "decoding", progress)
     columns = []
     labels = _labels(loaded, num, label)

@@ -25,6 +25,7 @@ from ddim_jax.generation.sampler_spec import SKIP_KINDS, SampleError, SamplerSpe
 from ddim_jax.guidance import parse_label
 from ddim_jax.io.locks import FileLock, LockHeldError
 from ddim_jax.models.precision import PRECISIONS, with_precision
+from ddim_jax.parallel.processes import is_lead_process
 
 MODES = ("samples", "interpolate", "reconstruct", "consistency")
 OUTPUT_SUFFIXES = (".png", ".npz")
@@ -256,7 +257,7 @@ def run(options: SampleOptions) -> Any:
     out = options.out or default_out(options, spec)
     created = check_output_path(out) or created
     # One lock for the output: under jax.distributed only process 0 holds it (all share the --out).
-    lock = lock_output(out) if jax.process_index() == 0 else None
+    lock = lock_output(out) if is_lead_process() else None
     try:
         return _run_mode(options, loaded, spec, num, batch_size, out, label, guidance, created)
     finally:
@@ -279,7 +280,7 @@ def _run_mode(options: SampleOptions, loaded: LoadedModel, spec: SamplerSpec, nu
     step_counts = None
     if options.mode in DEFAULT_STEP_COUNTS:   # reconstruct / consistency: one column per step count
         step_counts = resolve_step_counts(options.step_counts, options.mode, loaded.num_timesteps)
-    if jax.process_index() == 0:
+    if is_lead_process():
         steps = str(spec.steps) if step_counts is None else ",".join(str(count) for count in step_counts)
         print(_header(options, loaded, spec, steps, label, guidance, out, created))
     common = dict(num=num, batch_size=batch_size, seed=options.seed, out=out, progress=options.progress)

@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
 
 from ddim_jax.metrics.inception import FEATURE_DIM, INCEPTION_SIZE, NUM_LOGITS, Inception
+from ddim_jax.parallel.meshes import ceil_div
 
 __all__ = ["RESIZE_MODES", "InceptionOutputs", "inception_outputs", "inception_features", "preprocess_for_inception"]
 
@@ -146,8 +147,8 @@ def inception_outputs(images_uint8: np.ndarray | ImageSequence, inception: Incep
     if num == 0:
         raise ValueError("images_uint8 is empty: need at least one image")
     devices = tuple(devices) if devices is not None else tuple(jax.local_devices())
-    batch = -(-int(batch_size) // len(devices)) * len(devices)
-    batch = min(batch, -(-num // len(devices)) * len(devices))  # no padding beyond what N needs
+    batch = ceil_div(batch_size, len(devices)) * len(devices)
+    batch = min(batch, ceil_div(num, len(devices)) * len(devices))  # no padding beyond what N needs
     forward, batch_sharding, replicated = _compiled_forward(inception.module, devices)
     variables = jax.device_put(inception.variables, replicated)
     features = np.empty((num, FEATURE_DIM), np.float32)

@@ -23,3 +23,8 @@ def global_data_mesh() -> Mesh:
 def local_data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with axis ``data`` over this process's devices (``jax.local_devices()``) or ``devices``."""
     return Mesh(np.asarray(list(jax.local_devices() if devices is None else devices)), (DATA_AXIS,))
+
+
+def ceil_div(numerator: int, denominator: int) -> int:
+    """``ceil(numerator / denominator)`` for non-negative ints, exactly (no float rounding)."""
+    return -(-int(numerator) // int(denominator))

@@ -42,6 +42,7 @@ from ddim_jax.errors import UserError
 from ddim_jax.io.atomic import os_error_in_chain
 from ddim_jax.io.checksums import host_array, json_checksum, tree_checksum
 from ddim_jax.models import abstract_params, create_model
+from ddim_jax.parallel.processes import is_lead_process
 from ddim_jax.training import checkpoint_noise, schema
 from ddim_jax.training.train_state import TrainState, image_shape, state_from_params
 
@@ -294,7 +295,7 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("ddim_jax: checkpoints verified")
-    if jax.process_index() == 0:
+    if is_lead_process():
         directory = os.fspath(manager.directory)
         for step in steps:
             target = os.path.join(directory, f"{step}{CORRUPT_SUFFIX}")

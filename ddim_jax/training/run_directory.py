@@ -11,6 +11,7 @@ import numpy as np
 
 from ddim_jax.io import atomic, images
 from ddim_jax.io.locks import FileLock, LockHeldError
+from ddim_jax.parallel.processes import is_lead_process
 from ddim_jax.training import checkpoints
 
 METRICS_FILE = "metrics.jsonl"
@@ -82,7 +83,7 @@ class RunWriter:
     """Log lines for every process's stderr; JSONL metrics and PNG grids from process 0 only."""
 
     def __init__(self, workdir: str):
-        self.is_lead = jax.process_index() == 0
+        self.is_lead = is_lead_process()
         self.metrics_path = os.path.join(workdir, METRICS_FILE)
         self.samples_dir = os.path.join(workdir, SAMPLES_SUBDIR)
 
