@@ -194,10 +194,10 @@ def _sample_scan(
         x0, trajectory = _ddim_scan(model, x, seq, alphas_cumprod, eta, step_keys,
                                     noise_kind=noise_kind, return_trajectory=return_trajectory)
     elif solver in ("dpmpp_2m", "dpmpp_3m"):
-        orders = jnp.asarray(solvers.multistep_orders(solver, seq.shape[0]))
+        orders = solvers.multistep_orders(solver, seq)
         x0, trajectory = _dpmpp_scan(model, x, seq, alphas_cumprod, orders, return_trajectory=return_trajectory)
     elif solver == "unipc":
-        orders = jnp.asarray(solvers.multistep_orders(solver, seq.shape[0]))
+        orders = solvers.multistep_orders(solver, seq)
         x0, trajectory = _unipc_scan(model, x, seq, alphas_cumprod, orders, return_trajectory=return_trajectory)
     else:  # plms
         x0, trajectory = _plms_scan(model, x, seq, alphas_cumprod, return_trajectory=return_trajectory)

@@ -26,6 +26,10 @@ _MAX_BETA = 0.999
 # of ``sampling.skip``, sample.py's ``--skip``) call ``timestep_sequence`` without a schedule; the
 # CLI accepts them by passing ``alphas_cumprod=`` always (it is ignored by the other kinds).
 SCHEDULE_SPACINGS = ("logsnr",)
+# The lowest lambda = log(alpha / sigma) a log-SNR grid starts from: the official DPM-Solver and
+# diffusers (``lambda_min_clipped``) clip there, so that a schedule reaching far lower lambda
+# (cosine: -9.9 at t = 999) does not spend steps in pure noise.
+LAMBDA_MIN_CLIPPED = -5.1
 
 
 def make_betas(
@@ -122,6 +126,21 @@ def log_snr(alphas_cumprod) -> np.ndarray:
     return 0.5 * (np.log(alphas_cumprod) - np.log1p(-alphas_cumprod))
 
 
+def _falling_log_snr(alphas_cumprod) -> np.ndarray:
+    """``log_snr`` of a schedule that a log-SNR grid can be laid on: alphas_cumprod in (0, 1) at
+    t = 0 and lambda lower at T - 1 than at 0; a ``ValueError`` naming the schedule otherwise."""
+    values = np.asarray(alphas_cumprod, dtype=np.float64)
+    if not np.all(np.isfinite(values)) or values.max() >= 1.0 or values.min() < 0.0:
+        raise ValueError("timestep_sequence: kind='logsnr' needs a schedule with alphas_cumprod in [0, 1), "
+                         f"got values in [{values.min()}, {values.max()}]")
+    lam = log_snr(values)
+    if not lam[-1] < lam[0]:
+        raise ValueError(f"timestep_sequence: kind='logsnr' needs a schedule whose log-SNR falls over t; this "
+                         f"schedule's lambda goes from {lam[0]:.3g} (t = 0) to {lam[-1]:.3g} (t = T-1), e.g. a "
+                         "constant alphas_cumprod")
+    return lam
+
+
 def timestep_sequence(
     num_steps: int, num_timesteps: int = 1000, kind: str = "uniform", *, alphas_cumprod=None
 ) -> np.ndarray:
@@ -142,7 +161,8 @@ def timestep_sequence(
     - ``"linspace"``: ``round(linspace(0, T-1, S))``: both ends included.
     - ``"logsnr"``: uniform in log-SNR ``lambda_t = log(alpha_t / sigma_t)`` (the spacing
       DPM-Solver recommends, Lu et al. 2022 arXiv 2206.00927 section 3.3): ``S`` targets
-      ``linspace(lambda_{T-1}, lambda_0, S)`` (both ends included; S = 1 gives ``[T-1]``), each
+      ``linspace(max(lambda_{T-1}, -5.1), lambda_0, S)`` (both ends included; S = 1 gives the
+      first; lambda clipped at -5.1 as DPM-Solver and diffusers' ``lambda_min_clipped`` do), each
       mapped to the real-valued t where the float64 lambda of ``alphas_cumprod`` takes it
       (piecewise-linear interpolation) and rounded. Needs ``alphas_cumprod=`` (``[T]``).
 
@@ -192,8 +212,8 @@ def timestep_sequence(
     elif kind == "linspace":
         ascending = np.floor(np.linspace(0.0, num_timesteps - 1, num_steps) + 0.5)
     else:  # logsnr
-        lam = log_snr(alphas_cumprod)  # decreasing in t
-        targets = np.linspace(lam[-1], lam[0], num_steps)  # ascending lambda = descending t
+        lam = _falling_log_snr(alphas_cumprod)
+        targets = np.linspace(max(lam[-1], LAMBDA_MIN_CLIPPED), lam[0], num_steps)  # descending t
         positions = np.interp(targets, lam[::-1], np.arange(num_timesteps - 1, -1, -1, dtype=np.float64))
         ascending = np.floor(positions + 0.5)[::-1]
     ascending = _strictly_increasing_in_range(ascending, num_timesteps)
