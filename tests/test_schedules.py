@@ -188,3 +188,20 @@ def test_logsnr_clips_lambda_at_minus_5_1_like_the_references():
 def test_logsnr_refuses_a_schedule_whose_log_snr_does_not_fall(value):
     with pytest.raises(ValueError, match="logsnr.*schedule"), np.errstate(all="raise"):
         timestep_sequence(5, 1000, "logsnr", alphas_cumprod=np.full(1000, value))
+
+
+@pytest.mark.parametrize("num_steps", [5, 10, 20, 50])
+def test_karras_spacing_matches_diffusers_karras_sigmas(num_steps):
+    """Karras et al. (2022) Eq. 5 with rho = 7 over the schedule's sigma range, each sigma mapped
+    to the nearest t in log sigma (k-diffusion's quantized ``sigma_to_t``); diffusers'
+    ``use_karras_sigmas=True`` interpolates t in log sigma and rounds, which can only differ by
+    one step where a sigma falls half-way."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True)
+    scheduler.alphas_cumprod = torch.from_numpy(np.asarray(ALPHAS_LINEAR).copy())
+    scheduler.set_timesteps(num_steps)
+    ours = timestep_sequence(num_steps, 1000, "karras", alphas_cumprod=ALPHAS_LINEAR)
+    theirs = scheduler.timesteps.numpy()
+    assert np.abs(ours.astype(int) - theirs).max() <= 1 and np.mean(ours == theirs) >= 0.8, (ours, theirs)
+    assert ours[0] == 999 and ours[-1] == 0
