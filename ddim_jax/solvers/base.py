@@ -154,15 +154,19 @@ def multistep_orders(order: int, seq: Array, lower_final_below: int | None) -> A
     the grid (diffusers' ``final_sigmas_type="zero"``). Grid step ``i`` runs at
     ``min(order, i + 1, n - i)``: lower while the history fills, and on the last grid steps
     (..., 2, 1) when ``n < lower_final_below`` (None: at every n) as DPM-Solver's
-    ``lower_order_final`` (n < 15) and UniPC's ``min(order, steps + 1 - step)`` (every n) do; the
-    step to alpha = 1 is always first order.
+    ``lower_order_final`` (n < 15) and UniPC's ``min(order, steps + 1 - step)`` (every n) do. At
+    ``n >= lower_final_below`` the last grid step is still first order, as diffusers' last step
+    (to sigma = 0) is at every S: on a grid that ends at t = 0 that is the step into t = 0, which a
+    t-uniform spacing makes several times longer in lambda than the one before (the official
+    DPM-Solver keeps full order there; on the Gaussian-mixture oracle at S = 20 uniform that costs
+    2M 0.097 against 0.032 sliced W1). The step to alpha = 1 is always first order.
     """
     seq = jnp.asarray(seq, jnp.int32)
     num_steps = seq.shape[0]
     index = jnp.arange(num_steps, dtype=jnp.int32)
     grid = num_steps - (seq[-1] == 0).astype(jnp.int32)
     lower_final = True if lower_final_below is None else grid < lower_final_below
-    tail = jnp.where(lower_final, grid - index, order)
+    tail = jnp.where(lower_final, grid - index, jnp.where(index == grid - 1, 1, order))
     orders = jnp.maximum(jnp.minimum(jnp.minimum(order, index + 1), tail), 1)
     return jnp.where(index == num_steps - 1, 1, orders).astype(jnp.int32)
 
