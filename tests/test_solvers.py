@@ -279,13 +279,54 @@ def test_unknown_solvers_and_unsupported_combinations_raise_before_tracing(kwarg
         sample(never_traced, x_T(), timestep_sequence(5, T), ALPHAS_CUMPROD, **kwargs)
 
 
-@pytest.mark.parametrize("z", [-3.0, -1.01, -0.99, -0.101, -0.099, -0.05, 0.05, 0.099, 0.101, 0.99, 1.01, 3.0])
+@pytest.mark.parametrize("z", [-3.0, -2.01, -1.99, -1.51, -1.49, -1.01, -0.99, -0.101, -0.099, -0.05, 0.05, 0.099,
+                               0.101, 0.99, 1.01, 1.49, 1.51, 1.99, 2.01, 3.0])
 def test_phi_series_near_zero_match_the_closed_form(z):
-    """``_phi2`` / ``_phi3`` switch to a Taylor series for small |z|: both sides of the switch
-    against the closed form in float64 (where cancellation costs nothing at these z)."""
-    from ddim_jax.solvers import _phi2, _phi3
+    """phi_k switches to a Taylor series for small |z|: both sides of the switch against the
+    closed form in float64 (where cancellation costs nothing at these z); phi_4 is UniPC-3's."""
+    from ddim_jax.solvers import _phi2, _phi3, phi
 
     phi2 = (np.expm1(z) - z) / z**2
     phi3 = (np.expm1(z) - z - z**2 / 2) / z**3
+    phi4 = (np.expm1(z) - z - z**2 / 2 - z**3 / 6) / z**4
     np.testing.assert_allclose(float(_phi2(jnp.float32(z))), phi2, rtol=1e-6)
     np.testing.assert_allclose(float(_phi3(jnp.float32(z))), phi3, rtol=1e-6)
+    np.testing.assert_allclose(float(phi(jnp.float32(z), 4)), phi4, rtol=1e-6)
+
+
+def reference_orders(order, num_steps, ends_at_zero, gate):
+    """The order of each step as the reference codes pick it, re-stated from them: diffusers'
+    ``DPMSolverMultistepScheduler.step`` (warm-up via ``lower_order_nums``, ``lower_order_final``
+    on its last step at every S with ``final_sigmas_type="zero"``, ``lower_order_second`` below 15
+    steps) and ``UniPCMultistepScheduler`` (``min(order, len(timesteps) - step_index)``) on a grid
+    whose last step is to sigma = 0; on a grid ending at t = 0, the official DPM-Solver's
+    ``min(order, steps + 1 - step)`` below 15 steps over the finite steps, our last finite step
+    at first order at every S, and the first-order step from t = 0 to alpha = 1."""
+    grid = num_steps - 1 if ends_at_zero else num_steps
+    orders = []
+    for i in range(grid):
+        if gate is None:  # UniPC
+            o = min(order, grid - i, i + 1)
+        elif i == grid - 1:
+            o = 1
+        elif i < order - 1:
+            o = i + 1
+        elif grid < gate:
+            o = min(order, grid - i)
+        else:
+            o = order
+        orders.append(o)
+    return orders + [1] * (num_steps - grid)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m", "unipc", "unipc_3"])
+@pytest.mark.parametrize("num_steps", [1, 2, 3, 5, 10, 14, 15, 16, 20])
+@pytest.mark.parametrize("ends_at_zero", [True, False])
+def test_multistep_orders_follow_the_references(name, num_steps, ends_at_zero):
+    from ddim_jax.solvers import multistep_orders
+
+    solver = REGISTRY[name]
+    seq = np.arange(num_steps)[::-1] * 10 + (0 if ends_at_zero else 10)
+    gate = getattr(solver, "lower_final_below", None)
+    ours = multistep_orders(solver.order, seq, gate)
+    assert np.asarray(ours).tolist() == reference_orders(solver.order, num_steps, ends_at_zero, gate)
