@@ -1,5 +1,10 @@
 """The higher-order solvers of ``sample(..., solver=...)``: parity with diffusers' schedulers over
 whole runs, quality on the exact-score Gaussian mixture, compilation, float32 state, validation."""
+import importlib
+import os
+import sys
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -330,3 +335,77 @@ def test_multistep_orders_follow_the_references(name, num_steps, ends_at_zero):
     gate = getattr(solver, "lower_final_below", None)
     ours = multistep_orders(solver.order, seq, gate)
     assert np.asarray(ours).tolist() == reference_orders(solver.order, num_steps, ends_at_zero, gate)
+
+
+# --------------------------------------------------------------------------------------------
+# k-diffusion (test-only; `pip install --no-deps k-diffusion==0.1.1.post1 torchsde torchdiffeq
+# trampoline`): its sampling and external modules alone, without the package's training stack.
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def k_diffusion(monkeypatch):
+    torch = pytest.importorskip("torch")
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None:
+        pytest.skip("k-diffusion is not installed")
+    package = types.ModuleType("k_diffusion")
+    package.__path__ = [os.path.dirname(spec.origin)]  # skip its __init__ (clip, wandb, kornia, ...)
+    monkeypatch.setitem(sys.modules, "k_diffusion", package)
+    # k_diffusion.utils imports torchvision.transforms.functional, unused by the samplers.
+    vision = types.ModuleType("torchvision")
+    vision.transforms = types.ModuleType("torchvision.transforms")
+    vision.transforms.functional = types.ModuleType("torchvision.transforms.functional")
+    for name, module in (("torchvision", vision), ("torchvision.transforms", vision.transforms),
+                         ("torchvision.transforms.functional", vision.transforms.functional)):
+        monkeypatch.setitem(sys.modules, name, module)
+    sampling = importlib.import_module("k_diffusion.sampling")
+    external = importlib.import_module("k_diffusion.external")
+
+    class TorchEps(torch.nn.Module):
+        def forward(self, x, t):
+            return torch_eps(torch, x, t.reshape(-1)[0])
+
+    alphas = torch.from_numpy(np.asarray(ALPHAS_CUMPROD, np.float64).copy())
+    denoiser = external.DiscreteEpsDDPMDenoiser(TorchEps(), alphas, quantize=True)
+    return torch, sampling, denoiser
+
+
+@pytest.mark.parametrize("num_steps", [5, 10, 20])
+def test_karras_spacing_is_k_diffusions_karras_sigmas_quantized(k_diffusion, num_steps):
+    torch, sampling, denoiser = k_diffusion
+    sigmas = sampling.get_sigmas_karras(num_steps, denoiser.sigma_min, denoiser.sigma_max, rho=7.0)[:-1]
+    theirs = denoiser.sigma_to_t(sigmas).numpy()
+    np.testing.assert_array_equal(timestep_sequence(num_steps, T, "karras", alphas_cumprod=ALPHAS_CUMPROD), theirs)
+
+
+def k_diffusion_run(torch, sampler, denoiser, seq, **kwargs):
+    """k-diffusion's ``sampler`` from our x_T over the sigmas of ``seq`` and then 0."""
+    sigmas = torch.cat([denoiser.sigmas[torch.from_numpy(seq.astype(np.int64))], torch.zeros(1, dtype=torch.float64)])
+    x = torch.from_numpy(np.asarray(x_T(), np.float64).copy()) * (1 + sigmas[0] ** 2) ** 0.5  # x_t / alpha_t
+    return sampler(denoiser, x, sigmas, disable=True, **kwargs).numpy()
+
+
+@pytest.mark.parametrize("num_steps", [5, 10])
+def test_heun_matches_k_diffusion_sample_heun(k_diffusion, num_steps):
+    torch, sampling, denoiser = k_diffusion
+    seq = timestep_sequence(num_steps, T, "karras", alphas_cumprod=ALPHAS_CUMPROD)
+    reference = k_diffusion_run(torch, sampling.sample_heun, denoiser, seq)
+    ours = sample(toy_eps, x_T(), seq, ALPHAS_CUMPROD, eps_fn_args=(0.5,), solver="heun")
+    np.testing.assert_allclose(np.asarray(ours), reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "dpmpp_2m_sde"])
+def test_dpmpp_2m_and_sde_match_k_diffusion(k_diffusion, solver):
+    """On a grid that ends above t = 0 (k-diffusion lowers no order but the step to sigma = 0,
+    as our rule does there for order 2); the SDE fed our noise."""
+    torch, sampling, denoiser = k_diffusion
+    seq = timestep_sequence(10, T, "karras", alphas_cumprod=ALPHAS_CUMPROD)[:-1]
+    key = jax.random.PRNGKey(12)
+    kwargs = {}
+    if solver == "dpmpp_2m_sde":
+        noise = iter([torch.from_numpy(np.asarray(jax.random.normal(k, SHAPE), np.float64))
+                      for k in iteration_keys(key, len(seq))])
+        kwargs = dict(noise_sampler=lambda sigma, sigma_next: next(noise))
+    sampler = sampling.sample_dpmpp_2m if solver == "dpmpp_2m" else sampling.sample_dpmpp_2m_sde
+    reference = k_diffusion_run(torch, sampler, denoiser, seq, **kwargs)
+    ours = sample(toy_eps, x_T(), seq, ALPHAS_CUMPROD, key=key if kwargs else None, eps_fn_args=(0.5,), solver=solver)
+    np.testing.assert_allclose(np.asarray(ours), reference, rtol=1e-4, atol=1e-4)
