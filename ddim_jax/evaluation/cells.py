@@ -21,6 +21,7 @@ import numpy as np
 from ddim_jax.generation.loading import LoadedModel
 from ddim_jax.generation.sampler_spec import SampleError, SamplerSpec, validate_spec
 from ddim_jax.generation.shards import SAMPLING_VERSION, validate_seed
+from ddim_jax.solvers import solver_problem
 
 # The identity fields that vary within one table block (rows, columns, and the seeds pooled as
 # mean ± std); every other field of the identity names the block.
@@ -59,17 +60,18 @@ def make_cells(*, steps: Sequence[int], etas: Sequence[float], skips: Sequence[s
     for guidance in guidances:
         if guidance is not None and not math.isfinite(guidance):
             raise SampleError(f"--guidance scales must be finite numbers, got {guidance}")
-    if sigma_hat and "ddim" not in solvers:
+    if sigma_hat and all(solver_problem(solver, sigma_hat=True) for solver in solvers):
         raise SampleError(f"--sigma_hat is a variance of the ddim solver; --solver={','.join(solvers)} "
                           "has none (add ddim to --solver or drop --sigma_hat)")
     cells = []
     for skip in skips:
         for solver in solvers:
-            variants = [(float(eta), False) for eta in etas] if solver == "ddim" else [(0.0, False)]
-            if sigma_hat and solver == "ddim":
+            takes_eta = solver_problem(solver, eta=1.0) is None
+            variants = [(float(eta), False) for eta in etas] if takes_eta else [(0.0, False)]
+            if sigma_hat and takes_eta:
                 variants.append((0.0, True))
-            if solver != "ddim" and any(eta != 0 for eta in etas) and 0 not in etas:
-                raise SampleError(f"--solver={solver} is deterministic: include eta 0 in --eta, or use --solver=ddim")
+            if not takes_eta and any(eta != 0 for eta in etas) and 0 not in etas:
+                raise SampleError(f"--solver={solver}: {solver_problem(solver, eta=1.0)}: include eta 0 in --eta")
             for eta, use_sigma_hat in dict.fromkeys(variants):
                 for num_steps in steps:
                     spec = SamplerSpec(steps=int(num_steps), eta=eta, sigma_hat=use_sigma_hat, skip=skip,
