@@ -45,11 +45,16 @@ def random_params(config, seed: int = 0):
     return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
-def jax_stepper(config):
-    """(one synchronised step, parameter count) of our jitted train step."""
+def jax_state(config):
+    """A step-0 train state around random params, every leaf its own buffer (the step donates it)."""
     state = train_state.state_from_params(config, random_params(config))
     # params and ema_params start as the same arrays; the step donates both, so copy every leaf.
-    state = jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), state)
+    return jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), state)
+
+
+def jax_stepper(config):
+    """(one synchronised step, parameter count) of our jitted train step."""
+    state = jax_state(config)
     step = jax.jit(objective.make_train_step(config), donate_argnums=(0,))
     size, channels, batch_size = config.data.image_size, config.data.channels, config.training.batch_size
     batch = np.random.default_rng(0).uniform(-1, 1, (batch_size, size, size, channels)).astype(np.float32)
