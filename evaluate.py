@@ -28,7 +28,7 @@ from ddim_jax.cli.flags import normalize_argv
 from ddim_jax.generation.loading import load_pretrained, load_run
 from ddim_jax.generation.sampler_spec import SampleError
 from ddim_jax.metrics import RESIZE_MODES
-from ddim_jax.models.precision import PrecisionError, with_precision
+from ddim_jax.models.precision import PrecisionError, warn_if_bf16_on_cpu, with_precision
 from ddim_jax.parallel import processes
 from ddim_jax.solvers import SOLVERS
 
@@ -88,6 +88,7 @@ def run() -> list[dict]:
         loaded = dataclasses.replace(loaded, model=with_precision(loaded.model, FLAGS.precision))
     except PrecisionError as error:
         raise SampleError(str(error)) from None
+    warn_if_bf16_on_cpu(getattr(loaded.model, "dtype", "float32"), "evaluate.py")
     dataset = loaded.config.data.name if loaded.config is not None else None
     metrics = FLAGS.metric or (["digits"] if dataset == "digits" else ["fid"])
     skips = FLAGS.skip or [str(loaded.defaults.get("skip", "uniform"))]
