@@ -217,12 +217,45 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+def class_table(classes: dict, sides: tuple, steps: int) -> None:
+    rows = []
+    for cls in CLASSES:
+        cells = []
+        for side in sides:
+            total, value = sum(classes[side].values()), classes[side].get(cls, 0.0)
+            cells.append(f"{value * 1e3:.0f} ms ({value / total:.0%})" if value else "-")
+        rows.append([cls] + cells)
+    rows.append(["total profiled op time"] + [f"{sum(classes[s].values()) * 1e3:.0f} ms" for s in sides])
+    _table(f"Op classes of one train step (mean of {steps} profiled steps; share of the profiled op time)",
+           ["op class"] + list(sides), rows)
+
+
+def phase_table(config, batch: np.ndarray, sides: tuple, steps: int, flops: float, watch: LoadWatch) -> None:
+    runners = {}
+    for side in sides:
+        runners.update(phase_runners(config, batch, side))
+    timed = interleaved(runners, steps, warmup=1)
+    rows = []
+    for phase in ("forward", "fwd+bwd", "step"):
+        row = [phase] + [f"{timed[f'{side} {phase}']['step_s'] * 1e3:.0f}" for side in sides]
+        if len(sides) == 2:
+            row.append(watch.ratio(timed["torch " + phase]["step_s"] / timed["ours " + phase]["step_s"]))
+        rows.append(row)
+    if "ours" in sides:
+        rows.append([f"GFLOP/s of the step ({flops / 1e9:.1f} GFLOP per step, XLA's count)"]
+                    + [f"{flops / timed[f'{side} step']['step_s'] / 1e9:.1f}" for side in sides]
+                    + ([""] if len(sides) == 2 else []))
+    header = ["phase (ms, median)"] + list(sides) + (["ours speed / torch"] if len(sides) == 2 else [])
+    _table(f"Phases, median of {steps} interleaved repeats", header, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("cifar10", "digits"), default="cifar10")
     parser.add_argument("--batch", type=int, default=None, help="default: 8 for cifar10, 64 for digits")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps and timed repeats per side")
     parser.add_argument("--side", choices=("both", "ours", "torch"), default="both")
+    parser.add_argument("--no-phases", action="store_true", help="only the op-class profile (one compile)")
     args = parser.parse_args()
     config = (configs.cifar10 if args.model == "cifar10" else configs.digits).get_config()
     config.training.batch_size = args.batch or (8 if args.model == "cifar10" else 64)
@@ -234,42 +267,17 @@ def main() -> None:
 
     watch = LoadWatch()
     print(f"{args.model} UNet, batch {config.training.batch_size}, fp32; torch {torch.get_num_threads()} threads")
-    classes = {}
-    flops = float("nan")
+    classes, flops = {}, float("nan")
     for side in sides:  # the profiles first: a trace is a separate, short run per side
         if side == "ours":
             classes[side], flops = profile_ours(config, batch, args.steps)
         else:
             classes[side] = profile_torch(torch_stepper(config)[0], args.steps)
-    runners = {}
-    for side in sides:
-        runners.update(phase_runners(config, batch, side))
-    timed = interleaved(runners, args.steps, warmup=1)
-    rows = []
-    for phase in ("forward", "fwd+bwd", "step"):
-        row = [phase]
-        for side in sides:
-            row.append(f"{timed[f'{side} {phase}']['step_s'] * 1e3:.0f}")
-        if len(sides) == 2:
-            row.append(watch.ratio(timed[f"torch {phase}"]["step_s"] / timed[f"ours {phase}"]["step_s"]))
-        rows.append(row)
+    class_table(classes, sides, args.steps)
     if "ours" in sides:
-        rows.append([f"GFLOP/s of the step ({flops / 1e9:.1f} GFLOP per step, XLA's count)"]
-                    + [f"{flops / timed[f'{side} step']['step_s'] / 1e9:.1f}" for side in sides]
-                    + ([""] if len(sides) == 2 else []))
-    header = ["phase (ms, median)"] + list(sides) + (["ours speed / torch"] if len(sides) == 2 else [])
-    _table(f"Phases, median of {args.steps} interleaved repeats", header, rows)
-    class_rows = []
-    for cls in CLASSES:
-        cells = []
-        for side in sides:
-            total = sum(classes[side].values())
-            value = classes[side].get(cls, 0.0)
-            cells.append(f"{value * 1e3:.0f} ms ({value / total:.0%})" if value else "-")
-        class_rows.append([cls] + cells)
-    class_rows.append(["total profiled op time"] + [f"{sum(classes[s].values()) * 1e3:.0f} ms" for s in sides])
-    _table(f"Op classes of one train step (mean of {args.steps} profiled steps; share of the profiled op time)",
-           ["op class"] + list(sides), class_rows)
+        print(f"\nXLA cost analysis of our step: {flops / 1e9:.2f} GFLOP", flush=True)
+    if not args.no_phases:
+        phase_table(config, batch, sides, args.steps, flops, watch)
     watch.close()
 
 
