@@ -65,6 +65,7 @@ def main(argv):
         if FLAGS.precision is not None:
             FLAGS.config.model.dtype = precision.parse_precision(FLAGS.precision)
         processes.initialize(FLAGS)
+        precision.warn_if_bf16_on_cpu(FLAGS.config.model.dtype, "train.py")
         loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

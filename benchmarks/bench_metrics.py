@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 
+from benchmarks.machine import LoadWatch
 from benchmarks.torch_reference import random_fid_inception_state
 from ddim_jax.metrics import inception_features, load_inception
 
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    watch = LoadWatch()
     state = random_fid_inception_state()
     import pytorch_fid.inception as inception_module  # torchvision is importable now (torch_reference)
 
@@ -78,13 +80,16 @@ def main() -> None:
           f"{args.batch}, {args.repeats} interleaved repeats; JAX {jax.__version__} on {device.platform} "
           f"({len(jax.local_devices())} device(s), {os.cpu_count()} CPUs), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)\n")
-    print("| implementation | median images/s | best images/s | median s / run |")
-    print("|---|---:|---:|---:|")
+    print("| implementation | median images/s | best images/s | median s / run | speed vs pytorch-fid |")
+    print("|---|---:|---:|---:|---:|")
+    theirs_median = statistics.median(times["pytorch-fid 0.3.0 (torch CPU)"])
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"| {name} | {args.num / median:.1f} | {args.num / min(values):.1f} | {median:.2f} |")
+        print(f"| {name} | {args.num / median:.1f} | {args.num / min(values):.1f} | {median:.2f} "
+              f"| {watch.ratio(theirs_median / median)} |")
     print(f"\nFirst call of ours (XLA compile + run): {first_call:.1f} s. "
           f"Max relative feature difference: {rel_err:.1e}.")
+    watch.close()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.machine import LoadWatch
 from benchmarks.torch_reference import import_torchvision
 from ddim_jax import alphas_cumprod_from_betas, load_diffusers_schedule, load_diffusers_unet, sample, timestep_sequence
 from ddim_jax.models import eps_fn_for
@@ -72,6 +73,7 @@ def main() -> None:
     import diffusers
     import torch
 
+    watch = LoadWatch()
     torch.manual_seed(0)
     torch_model = diffusers.UNet2DModel(**CIFAR10_LAYOUT).eval()
     num_params = sum(p.numel() for p in torch_model.parameters())
@@ -126,10 +128,11 @@ def main() -> None:
           f"{'vs PyTorch':>10}")
     for name, compile_text, first_text, seconds in rows:
         print(f"{name:<34} {compile_text:>9} {first_text:>10} {seconds:>8.2f} {args.batch / seconds:>9.2f} "
-              f"{torch_median / seconds:>9.2f}x")
+              f"{watch.ratio(torch_median / seconds):>10}")
     print(f"all runs (s): JAX {', '.join(f'{t:.2f}' for t in jax_times)}; "
           f"PyTorch {', '.join(f'{t:.2f}' for t in torch_times)}")
     print(f"max |x0_jax - x0_torch| / max |x0_torch| = {rel_diff:.1e} (same weights, same x_T)")
+    watch.close()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from benchmarks.bench_train import random_params
+from benchmarks.machine import LoadWatch
 from ddim_jax.generation import batching, loading, sampler_spec
 from ddim_jax.models import create_model
 from ddim_jax.schedules import make_alphas_cumprod
@@ -70,6 +71,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    watch = LoadWatch()
     devices = jax.local_devices()
     print(f"jax {jax.__version__} on {len(devices)} x {devices[0].device_kind} ({jax.default_backend()}); "
           f"median of {args.repeats} batches after a compile call\n")
@@ -86,6 +88,7 @@ def main():
             print(f"{name:<8} {num_params / 1e6:>6.2f}M {steps:>4} {result['batch']:>5} {result['compile']:>10.2f} "
                   f"{result['seconds']:>8.3f} {result['images_per_second']:>8.1f} "
                   f"{result['short_batch_seconds']:>9.3f}", flush=True)
+    watch.close()
 
 
 if __name__ == "__main__":

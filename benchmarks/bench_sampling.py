@@ -13,7 +13,8 @@ Prints, for a small conv noise network:
      the solver's update and history (fastest of the repeats, timed in turn with the bare scan),
      and the flops and bytes of one scan step from XLA's cost analysis (independent of load).
      ``--solvers-only`` prints this table alone.
-Timings are medians over repeats (table 4: the fastest), after a warm-up call, with block_until_ready.
+Timings are medians over repeats (table 1: the four variants timed in turn; table 4: the fastest),
+after a warm-up call, with block_until_ready.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.machine import LoadWatch, interleaved
 from ddim_jax import alphas_cumprod_from_betas, make_betas, sample, timestep_sequence
 from ddim_jax.diffusion import alpha_at, eps_and_x0_from_output, x_prev_from_x0_eps
 from ddim_jax.solvers import REGISTRY, SOLVERS
@@ -100,24 +102,29 @@ def main():
             x = jitted_net(x, jnp.full((args.batch,), t, jnp.int32), params)
         return x
 
+    watch = LoadWatch()
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {args.batch}, "
           f"{args.size}x{args.size}x3, {args.channels} channels, {args.repeats} repeats")
     print()
     if args.solvers_only:
-        solver_table(apply_fn, params, x_T, alphas_cumprod, bare_scan, args.repeats)
+        solver_table(apply_fn, params, x_T, alphas_cumprod, bare_scan, args.repeats, watch)
+        watch.close()
         return
     print("| S | sample (scan) s | Python loop of jitted step s | loop / scan | bare net loop s | bare net scan s "
           "| sample / bare scan |")
     print("|---|---|---|---|---|---|---|")
     for num_steps in (10, 20, 50, 100):
         seq = timestep_sequence(num_steps, 1000)
-        scan_time = median_seconds(
-            lambda seq=seq: sample(apply_fn, x_T, seq, alphas_cumprod, eps_fn_args=(params,)), args.repeats)
-        loop_time = median_seconds(lambda seq=seq: python_loop(seq), args.repeats)
-        net_time = median_seconds(lambda seq=seq: net_loop(seq), args.repeats)
-        bare_time = median_seconds(lambda seq=seq: bare_scan(params, x_T, jnp.asarray(seq)), args.repeats)
-        print(f"| {num_steps} | {scan_time:.4f} | {loop_time:.4f} | {loop_time / scan_time:.2f} | "
-              f"{net_time:.4f} | {bare_time:.4f} | {scan_time / bare_time:.2f} |")
+        timed = interleaved({
+            "scan": lambda seq=seq: jax.block_until_ready(
+                sample(apply_fn, x_T, seq, alphas_cumprod, eps_fn_args=(params,))),
+            "loop": lambda seq=seq: jax.block_until_ready(python_loop(seq)),
+            "net": lambda seq=seq: jax.block_until_ready(net_loop(seq)),
+            "bare": lambda seq=seq: jax.block_until_ready(bare_scan(params, x_T, jnp.asarray(seq))),
+        }, args.repeats, warmup=1)
+        scan_time, loop_time, net_time, bare_time = (timed[k]["step_s"] for k in ("scan", "loop", "net", "bare"))
+        print(f"| {num_steps} | {scan_time:.4f} | {loop_time:.4f} | {watch.ratio(loop_time / scan_time, '{:.2f}')} | "
+              f"{net_time:.4f} | {bare_time:.4f} | {watch.ratio(scan_time / bare_time, '{:.2f}')} |", flush=True)
 
     print()
     print("| compile (trace + XLA) of sample | seconds |")
@@ -133,7 +140,8 @@ def main():
             lambda x=other_x, seq=seq: sample(apply_fn, x, seq, alphas_cumprod, eps_fn_args=(params,)), 1)
         print(f"| S = {num_steps} | {first - run:.3f} (first call {first:.3f} - run {run:.3f}) |")
     print()
-    solver_table(apply_fn, params, x_T, alphas_cumprod, bare_scan, args.repeats)
+    solver_table(apply_fn, params, x_T, alphas_cumprod, bare_scan, args.repeats, watch)
+    watch.close()
 
 
 def interleaved_min_seconds(fns, repeats):
@@ -158,7 +166,7 @@ def per_step_cost(fn, *args):
     return cost.get("flops", float("nan")), cost.get("bytes accessed", float("nan"))
 
 
-def solver_table(apply_fn, params, x_T, alphas_cumprod, bare_scan, repeats):
+def solver_table(apply_fn, params, x_T, alphas_cumprod, bare_scan, repeats, watch):
     print(f"Per solver, logsnr spacing. Wall time: fastest of {repeats}, each solver timed in turn with the bare "
           "scan of the same number of network evaluations (NFE). Per step: XLA's cost analysis of one scan step "
           "(load-independent).")
@@ -180,7 +188,8 @@ def solver_table(apply_fn, params, x_T, alphas_cumprod, bare_scan, repeats):
                 [lambda run=run: run(x_T, params), lambda calls=calls: bare_scan(params, x_T, calls)], repeats)
             flops, bytes_accessed = per_step_cost(run, x_T, params)
             bare_flops, bare_bytes = per_step_cost(bare_scan, params, x_T, calls)
-            print(f"| {solver} | {num_steps} | {nfe} | {run_time:.4f} | {bare_time:.4f} | {run_time / bare_time:.3f} "
+            ratio = watch.ratio(run_time / bare_time, "{:.3f}")
+            print(f"| {solver} | {num_steps} | {nfe} | {run_time:.4f} | {bare_time:.4f} | {ratio} "
                   f"| {flops / bare_flops:.4f} | {bytes_accessed / bare_bytes:.3f} |", flush=True)
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ the table shows the medians and the ratio.
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,7 @@ import numpy as np
 
 import configs.cifar10
 import configs.digits
+from benchmarks.machine import LoadWatch, interleaved
 from ddim_jax.models import abstract_params, create_model
 from ddim_jax.models.precision import parse_precision
 from ddim_jax.training import objective, train_state
@@ -46,11 +45,16 @@ def random_params(config, seed: int = 0):
     return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
-def jax_stepper(config):
-    """(one synchronised step, parameter count) of our jitted train step."""
+def jax_state(config):
+    """A step-0 train state around random params, every leaf its own buffer (the step donates it)."""
     state = train_state.state_from_params(config, random_params(config))
     # params and ema_params start as the same arrays; the step donates both, so copy every leaf.
-    state = jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), state)
+    return jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), state)
+
+
+def jax_stepper(config):
+    """(one synchronised step, parameter count) of our jitted train step."""
+    state = jax_state(config)
     step = jax.jit(objective.make_train_step(config), donate_argnums=(0,))
     size, channels, batch_size = config.data.image_size, config.data.channels, config.training.batch_size
     batch = np.random.default_rng(0).uniform(-1, 1, (batch_size, size, size, channels)).astype(np.float32)
@@ -80,26 +84,6 @@ def torch_stepper(config, precision: str = "fp32", device: str = "cpu"):
     return run, sum(p.numel() for p in trainer.model.parameters())
 
 
-def interleaved(runners: dict, num_steps: int, warmup: int = 2) -> dict:
-    """{name: {"first_s", "step_s"}}: the first call (compile), ``warmup`` steps, then ``num_steps``
-    timed steps alternating between the runners; medians."""
-    results = {}
-    for name, run in runners.items():
-        start = time.perf_counter()
-        run()
-        results[name] = {"first_s": time.perf_counter() - start, "times": []}
-        for _ in range(warmup):
-            run()
-    for _ in range(num_steps):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            results[name]["times"].append(time.perf_counter() - start)
-    for result in results.values():
-        result["step_s"] = statistics.median(result["times"])
-    return results
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side (median reported)")
@@ -118,6 +102,7 @@ def main():
     rows = [("cifar10 (paper UNet)", cifar), ("digits (default)", digits)]
     import torch
 
+    watch = LoadWatch()
     print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), precision {args.precision}, "
           f"median of {args.steps} interleaved steps")
@@ -137,7 +122,9 @@ def main():
         theirs = 1.0 / results["torch"]["step_s"] if "torch" in results else float("nan")
         size, channels = config.data.image_size, config.data.channels
         print(f"{name:<22}{num_params:>12,}{config.training.batch_size:>7}{f'{size}x{size}x{channels}':>9}"
-              f"{results['ours']['first_s']:>11.1f}{ours:>13.3g}{theirs:>14.3g}{ours / theirs:>10.2f}x", flush=True)
+              f"{results['ours']['first_s']:>11.1f}{ours:>13.3g}{theirs:>14.3g}{watch.ratio(ours / theirs):>11}",
+              flush=True)
+    watch.close()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from ddim_jax.generation.sampler_spec import SampleError
 from ddim_jax.generation.shards import validate_seed
 from ddim_jax.guidance import labels_for
 from ddim_jax.io.locks import FileLock, LockHeldError
-from ddim_jax.models.precision import PrecisionError, with_precision
+from ddim_jax.models.precision import PrecisionError, warn_if_bf16_on_cpu, with_precision
 from ddim_jax.parallel.processes import is_lead_process
 
 # Images per cell when --num is not given. Inception metrics: the paper's 50,000. Digits: 500, the
@@ -100,9 +100,11 @@ def _load(options: EvaluateOptions) -> LoadedModel:
     loaded = (load_pretrained(options.pretrained) if options.pretrained
               else load_run(options.workdir, use_ema=options.ema))
     try:
-        return dataclasses.replace(loaded, model=with_precision(loaded.model, options.precision))
+        loaded = dataclasses.replace(loaded, model=with_precision(loaded.model, options.precision))
     except PrecisionError as error:
         raise SampleError(str(error)) from None
+    warn_if_bf16_on_cpu(getattr(loaded.model, "dtype", "float32"), "evaluate.py")
+    return loaded
 
 
 def _cells(options: EvaluateOptions, loaded: LoadedModel) -> list[Cell]:

@@ -24,7 +24,7 @@ from ddim_jax.generation.modes import run_consistency, run_interpolate, run_reco
 from ddim_jax.generation.sampler_spec import SKIP_KINDS, SampleError, SamplerSpec, validate_spec
 from ddim_jax.guidance import parse_label
 from ddim_jax.io.locks import FileLock, LockHeldError
-from ddim_jax.models.precision import PRECISIONS, with_precision
+from ddim_jax.models.precision import PRECISIONS, warn_if_bf16_on_cpu, with_precision
 from ddim_jax.parallel.processes import is_lead_process
 from ddim_jax.solvers import solver_problem
 
@@ -251,6 +251,7 @@ def run(options: SampleOptions) -> Any:
     else:
         loaded = load_run(options.workdir, use_ema=options.use_ema)
     loaded = dataclasses.replace(loaded, model=with_precision(loaded.model, options.precision))
+    warn_if_bf16_on_cpu(getattr(loaded.model, "dtype", "float32"), "sample.py")
     spec = resolve_spec(options, loaded)
     label, guidance = resolve_conditioning(options, loaded)
     num = resolve_num(options, loaded)

@@ -60,10 +60,48 @@ def timestep_embedding(
     return emb
 
 
-def group_norm(num_groups: int, eps: float, name: str, dtype: Any = jnp.float32) -> nn.GroupNorm:
-    # Two-pass variance (as PyTorch computes it) rather than E[x^2] - E[x]^2. Flax computes the
-    # statistics in float32 whatever ``dtype`` is; only the normalised output is cast to it.
-    return nn.GroupNorm(num_groups=num_groups, epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
+def group_norm_nhwc(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int, eps: float) -> jax.Array:
+    """GroupNorm (Wu & He 2018) of ``x [B, H, W, C]`` over ``(H, W, C / num_groups)``, in float32.
+
+    ``(x - mean_g) / sqrt(var_g + eps) * scale + bias`` with the two-pass variance
+    ``var_g = mean((x - mean_g)^2)`` (as PyTorch computes it, not ``E[x^2] - E[x]^2``). The sums run
+    over H and W per channel first (channels stay the contiguous, vectorised axis) and only then over
+    the channels of a group on the small ``[B, C]`` partial sums: the same statistics as reducing a
+    ``[B, H, W, G, C / G]`` reshape, at about half the CPU time (``docs/cpu_speed.md``).
+    """
+    batch, _, _, channels = x.shape
+    per_group = channels // num_groups
+    x = x.astype(jnp.float32)
+    count = x.shape[1] * x.shape[2] * per_group
+
+    def group_mean(per_channel_sum):  # [B, C] -> the group's mean, repeated per channel [B, C]
+        means = jnp.sum(per_channel_sum.reshape(batch, num_groups, per_group), axis=-1) / count
+        return jnp.repeat(means, per_group, axis=-1)
+
+    centred = x - group_mean(jnp.sum(x, axis=(1, 2)))[:, None, None, :]
+    variance = group_mean(jnp.sum(jnp.square(centred), axis=(1, 2)))
+    multiplier = jax.lax.rsqrt(variance + eps) * scale.astype(jnp.float32)
+    return centred * multiplier[:, None, None, :] + bias.astype(jnp.float32)
+
+
+class GroupNorm(nn.Module):
+    """GroupNorm with float32 ``scale`` (ones) and ``bias`` (zeros) of shape ``[C]``, the parameters of
+    ``flax.linen.GroupNorm``; statistics in float32 whatever ``dtype``, output cast to ``dtype``."""
+
+    num_groups: int
+    epsilon: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+        return group_norm_nhwc(x, scale, bias, self.num_groups, self.epsilon).astype(self.dtype)
+
+
+def group_norm(num_groups: int, eps: float, name: str, dtype: Any = jnp.float32) -> GroupNorm:
+    return GroupNorm(num_groups=num_groups, epsilon=eps, dtype=dtype, name=name)
 
 
 def conv3x3(features: int, name: str, scale: float = 1.0, dtype: Any = jnp.float32) -> nn.Conv:

@@ -105,9 +105,12 @@ def make_train_step(config: ml_collections.ConfigDict) -> Callable[[TrainState, 
         images, labels = batch if num_classes else (batch, None)
         loss, grads = jax.value_and_grad(l_simple_loss)(state.params, apply_fn, images, key, alphas_cumprod, labels,
                                                         label_dropout=label_dropout, null_label=num_classes)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema_params = ema_update(state.ema_params, params, ema_decay)
+        # Named scopes only label the ops (profiles: benchmarks/profile_cpu.py); they compute nothing.
+        with jax.named_scope("optimizer"):
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+        with jax.named_scope("ema"):
+            ema_params = ema_update(state.ema_params, params, ema_decay)
         grad_norm = optax.tree.norm(grads)
         metrics = {"loss": loss, "grad_norm": grad_norm,
                    "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}

@@ -4,6 +4,7 @@ uses jax.eval_shape (no weights are materialised)."""
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from ddim_jax.models import UNet, create_model, timestep_embedding
-from ddim_jax.models.unet_blocks import Downsample
+from ddim_jax.models.unet_blocks import Downsample, GroupNorm
 
 TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4, out_ch=1)
 
@@ -215,3 +216,29 @@ def test_eps_fn_for_is_one_function_per_architecture():
     x, t = jnp.ones((2, 8, 8, 1)), jnp.array([0, 999])
     params = model.init(jax.random.PRNGKey(0), x, t)["params"]
     np.testing.assert_array_equal(eps_fn_for(model)(x, t, params), model.apply({"params": params}, x, t))
+
+
+def _group_norm_float64(x, scale, bias, groups, eps):
+    b, h, w, c = x.shape
+    g = np.asarray(x, np.float64).reshape(b, h, w, groups, c // groups)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = np.square(g - mean).mean(axis=(1, 2, 4), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 4, 4, 8), 4), ((3, 2, 2, 6), 3), ((1, 4, 4, 4), 1)])
+def test_group_norm_matches_float64_and_flax(shape, groups):
+    rng = np.random.default_rng(0)
+    # an offset mean and a large scale: a one-pass E[x^2] - E[x]^2 variance would lose digits here
+    x = jnp.asarray(rng.standard_normal(shape) * 5 + 30, jnp.float32)
+    scale, bias = rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1])
+    params = {"params": {"scale": jnp.asarray(scale, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}}
+    ours = np.asarray(GroupNorm(groups, 1e-6).apply(params, x))
+    np.testing.assert_allclose(ours, _group_norm_float64(np.asarray(x), scale, bias, groups, 1e-6), atol=2e-5)
+    flax_two_pass = nn.GroupNorm(num_groups=groups, epsilon=1e-6, use_fast_variance=False).apply(params, x)
+    np.testing.assert_allclose(ours, np.asarray(flax_two_pass), atol=2e-5)
+    # the same parameter tree as flax's GroupNorm (pretrained weights map onto either)
+    ours_shapes = jax.eval_shape(GroupNorm(groups, 1e-6).init, jax.random.key(0), x)
+    flax_shapes = jax.eval_shape(nn.GroupNorm(num_groups=groups).init, jax.random.key(0), x)
+    assert ours_shapes == flax_shapes
+    assert GroupNorm(groups, 1e-6, dtype=jnp.bfloat16).apply(params, x).dtype == jnp.bfloat16
