@@ -26,6 +26,8 @@ _MAX_BETA = 0.999
 # of ``sampling.skip``, sample.py's ``--skip``) call ``timestep_sequence`` without a schedule; the
 # CLI accepts them by passing ``alphas_cumprod=`` always (it is ignored by the other kinds).
 SCHEDULE_SPACINGS = ("logsnr", "karras")
+# Every spacing ``timestep_sequence`` knows (the one list the config and CLI checks read).
+ALL_SPACINGS = SPACINGS + SCHEDULE_SPACINGS
 # rho of the Karras et al. (2022) sigma spacing (their Eq. 5; k-diffusion's get_sigmas_karras).
 KARRAS_RHO = 7.0
 # The lowest lambda = log(alpha / sigma) a log-SNR grid starts from: the official DPM-Solver and
@@ -184,9 +186,9 @@ def timestep_sequence(
       alphas_cumprod: ``[T]``, required by the schedule-dependent kinds (``"logsnr"``) and
         ignored by the others, so a caller can always pass it.
     """
-    if kind not in SPACINGS + SCHEDULE_SPACINGS:
+    if kind not in ALL_SPACINGS:
         raise ValueError(
-            f"timestep_sequence: unknown spacing kind {kind!r}; expected one of {SPACINGS + SCHEDULE_SPACINGS}"
+            f"timestep_sequence: unknown spacing kind {kind!r}; expected one of {ALL_SPACINGS}"
         )
     if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
         raise ValueError(f"timestep_sequence: num_timesteps must be a positive int, got {num_timesteps!r}")

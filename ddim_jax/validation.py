@@ -111,15 +111,34 @@ def check_reverse_step_args(fn: str, x_t, eps, t, t_prev, alphas_cumprod, noise=
     check_t_prev_below_t(t, t_prev, fn)
 
 
+def eta_problem(eta: float) -> str | None:
+    """Why ``eta`` is no eta of Eq. 16 (None when it is): it must lie in [0, 1], since above 1 the
+    square root of Eq. 12 goes negative. The one home of this rule; callers prefix their name for it."""
+    if not 0.0 <= float(eta) <= 1.0:
+        return f"must be in [0, 1] (0 = DDIM, 1 = DDPM), got {float(eta)}"
+    return None
+
+
+def num_steps_problem(name: str, num_steps: int, num_timesteps: int) -> str | None:
+    """Why ``num_steps`` (called ``name`` in the message) is no sub-sequence length of a T-step
+    model (None when it is): 1 <= S <= T."""
+    if num_steps < 1:
+        return f"{name} must be at least 1, got {num_steps}"
+    if num_steps > num_timesteps:
+        return f"{name}={num_steps} is above the model's number of training timesteps T={num_timesteps}"
+    return None
+
+
 def check_eta(eta, fn: str) -> None:
-    """eta must lie in [0, 1]: above 1 the square root of Eq. 12 goes negative."""
+    """Raises ValueError when a concrete ``eta`` is not a scalar in [0, 1] (traced values pass)."""
     value = concrete(eta)
     if value is None:
         return
     if value.shape != ():
         raise ValueError(f"{fn}: eta must be a scalar, got shape {value.shape}")
-    if not (0.0 <= float(value) <= 1.0):
-        raise ValueError(f"{fn}: eta must be in [0, 1] (0 = DDIM, 1 = DDPM), got {float(value)}")
+    problem = eta_problem(float(value))
+    if problem is not None:
+        raise ValueError(f"{fn}: eta {problem}")
 
 
 def check_prediction_type(prediction_type: str, fn: str) -> None:

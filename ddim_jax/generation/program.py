@@ -27,6 +27,7 @@ from ddim_jax.io.locks import FileLock, LockHeldError
 from ddim_jax.models.precision import PRECISIONS, warn_if_bf16_on_cpu, with_precision
 from ddim_jax.parallel.processes import is_lead_process
 from ddim_jax.solvers import solver_problem
+from ddim_jax.validation import eta_problem
 
 MODES = ("samples", "interpolate", "reconstruct", "consistency")
 OUTPUT_SUFFIXES = (".png", ".npz")
@@ -92,8 +93,8 @@ def _validate_options(options: SampleOptions) -> None:
     if options.mode == "reconstruct" and options.clip_x0:
         raise SampleError("--mode=reconstruct decodes without clipping, as the encoder runs (the pair is only "
                           "inverse that way); drop --clip")
-    if options.eta is not None and not 0.0 <= options.eta <= 1.0:
-        raise SampleError(f"--eta must be in [0, 1] (0 = DDIM, 1 = DDPM), got {options.eta}")
+    if options.eta is not None and eta_problem(options.eta) is not None:
+        raise SampleError(f"--eta {eta_problem(options.eta)}")
     if options.steps is not None and options.steps < 1:
         raise SampleError(f"--steps must be at least 1, got {options.steps}")
     if options.guidance is not None and not (math.isfinite(options.guidance) and options.guidance >= 0):

@@ -11,10 +11,11 @@ import dataclasses
 import numpy as np
 
 from ddim_jax.errors import UserError
-from ddim_jax.schedules import SCHEDULE_SPACINGS, SPACINGS
+from ddim_jax.schedules import ALL_SPACINGS
 from ddim_jax.solvers import solver_problem
+from ddim_jax.validation import eta_problem, num_steps_problem
 
-SKIP_KINDS = SPACINGS + SCHEDULE_SPACINGS
+SKIP_KINDS = ALL_SPACINGS
 
 
 class SampleError(UserError, ValueError):
@@ -48,16 +49,13 @@ def validate_spec(spec: SamplerSpec, num_timesteps: int) -> None:
     """Raise :class:`SampleError` naming the first problem with ``spec`` for a T-step model."""
     if not isinstance(spec.steps, (int, np.integer)) or isinstance(spec.steps, bool):
         raise SampleError(f"--steps must be an integer, got {spec.steps!r}")
-    if spec.steps < 1:
-        raise SampleError(f"--steps must be at least 1, got {spec.steps}")
-    if spec.steps > num_timesteps:
-        raise SampleError(
-            f"--steps={spec.steps} is above the model's number of training timesteps T={num_timesteps}"
-        )
+    problem = num_steps_problem("--steps", spec.steps, num_timesteps)
+    if problem is not None:
+        raise SampleError(problem)
     if spec.skip not in SKIP_KINDS:
         raise SampleError(f"unknown --skip={spec.skip!r}; choose one of {', '.join(SKIP_KINDS)}")
-    if not 0.0 <= spec.eta <= 1.0:
-        raise SampleError(f"--eta must be in [0, 1] (0 = DDIM, 1 = DDPM), got {spec.eta}")
+    if eta_problem(spec.eta) is not None:
+        raise SampleError(f"--eta {eta_problem(spec.eta)}")
     if spec.sigma_hat and spec.eta != 0:
         raise SampleError(
             f"--sigma_hat replaces eta with the larger variance; drop --eta={spec.eta} or --sigma_hat"

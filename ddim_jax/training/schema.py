@@ -27,8 +27,9 @@ import ml_collections
 
 from ddim_jax.errors import UserError
 from ddim_jax.models.unet import UNetConfigError, create_model
-from ddim_jax.schedules import BETA_SCHEDULES, SCHEDULE_SPACINGS, SPACINGS
+from ddim_jax.schedules import ALL_SPACINGS, BETA_SCHEDULES
 from ddim_jax.solvers import solver_problem
+from ddim_jax.validation import eta_problem, num_steps_problem
 
 __all__ = [
     "ConfigError",
@@ -195,10 +196,16 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 
 def _check_values(config: ml_collections.ConfigDict) -> None:
-    """Ranges and cross-key constraints that types cannot express."""
-    data, diffusion = config.data, config.diffusion
-    training, optim, sampling = config.training, config.optim, config.sampling
+    """Ranges and cross-key constraints that types cannot express, section by section."""
+    _check_data(config.data)
+    _check_model(config)
+    _check_diffusion(config.diffusion)
+    _check_training(config)
+    _check_optim(config.optim)
+    _check_sampling(config.sampling, config.diffusion)
 
+
+def _check_data(data: ml_collections.ConfigDict) -> None:
     _require(data.name in DATASET_CHANNELS, "data.name",
              f"unknown dataset {data.name!r}; known: {sorted(DATASET_CHANNELS)}")
     expected_channels = DATASET_CHANNELS[data.name]
@@ -211,6 +218,9 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         _require(len(crop) == 4 and all(v >= 0 for v in crop) and crop[2] > 0 and crop[3] > 0, "data.crop",
                  f"needs (top, left, height, width) with top, left >= 0 and height, width > 0, got {crop}")
 
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+    data = config.data
     try:  # the UNet checks its own hyperparameters (ddim_jax/models/unet.py)
         create_model(config)
     except UNetConfigError as error:
@@ -224,6 +234,8 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
         _require(resolution in resolutions, "model.attn_resolutions",
                  f"{resolution} is not one of the UNet's resolutions {sorted(resolutions)}")
 
+
+def _check_diffusion(diffusion: ml_collections.ConfigDict) -> None:
     _require(diffusion.beta_schedule in BETA_SCHEDULES, "diffusion.beta_schedule",
              f"unknown schedule {diffusion.beta_schedule!r}; known: {sorted(BETA_SCHEDULES)}")
     _require(0.0 < diffusion.beta_start <= diffusion.beta_end < 1.0, "diffusion.beta_start",
@@ -233,6 +245,9 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     _require(diffusion.prediction_type == "eps", "diffusion.prediction_type",
              f"training supports only 'eps' (the paper's L_simple), got {diffusion.prediction_type!r}")
 
+
+def _check_training(config: ml_collections.ConfigDict) -> None:
+    data, training = config.data, config.training
     _require(training.batch_size > 0, "training.batch_size", f"must be positive, got {training.batch_size}")
     _require(training.num_train_steps >= 0, "training.num_train_steps",
              f"must be >= 0, got {training.num_train_steps}")
@@ -251,6 +266,8 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
                  f"dataset {data.name!r} has {classes} classes, config says {config.model.num_classes}")
     _require(0 <= training.seed < 2**31, "training.seed", f"must be in [0, 2**31), got {training.seed}")
 
+
+def _check_optim(optim: ml_collections.ConfigDict) -> None:
     _require(math.isfinite(optim.learning_rate) and optim.learning_rate > 0, "optim.learning_rate",
              f"must be a positive finite number, got {optim.learning_rate}")
     _require(optim.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {optim.warmup_steps}")
@@ -260,11 +277,13 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     _require(0.0 <= optim.beta2 < 1.0, "optim.beta2", f"must be in [0, 1), got {optim.beta2}")
     _require(optim.eps > 0, "optim.eps", f"must be positive, got {optim.eps}")
 
-    _require(1 <= sampling.num_steps <= diffusion.num_timesteps, "sampling.num_steps",
-             f"must be in [1, num_timesteps={diffusion.num_timesteps}], got {sampling.num_steps}")
-    _require(0 <= sampling.eta <= 1, "sampling.eta", f"must be in [0, 1] (0 = DDIM, 1 = DDPM), got {sampling.eta}")
-    _require(sampling.skip in SPACINGS + SCHEDULE_SPACINGS, "sampling.skip",
-             f"unknown spacing {sampling.skip!r}; known: {sorted(SPACINGS + SCHEDULE_SPACINGS)}")
+
+def _check_sampling(sampling: ml_collections.ConfigDict, diffusion: ml_collections.ConfigDict) -> None:
+    steps_problem = num_steps_problem("num_steps", sampling.num_steps, diffusion.num_timesteps)
+    _require(steps_problem is None, "sampling.num_steps", str(steps_problem))
+    _require(eta_problem(sampling.eta) is None, "sampling.eta", str(eta_problem(sampling.eta)))
+    _require(sampling.skip in ALL_SPACINGS, "sampling.skip",
+             f"unknown spacing {sampling.skip!r}; known: {sorted(ALL_SPACINGS)}")
     problem = solver_problem(sampling.solver, eta=sampling.eta)
     _require(problem is None, "sampling.eta" if "eta" in (problem or "") else "sampling.solver", str(problem))
     _require(sampling.batch_size > 0, "sampling.batch_size", f"must be positive, got {sampling.batch_size}")
