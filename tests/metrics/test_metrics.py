@@ -328,6 +328,8 @@ def test_convert_inception_refuses_text_and_non_tensors_in_one_line(tmp_path, ca
     lists = tmp_path / "lists.pth"
     torch.save({"a": [1, 2], "b": torch.zeros(2)}, lists)
     for path, needle in ((text, "is not a PyTorch checkpoint"), (lists, "not a state dict of tensors")):
-        assert main(["convert-inception", str(path), str(tmp_path / "o.safetensors")]) == 1
+        with pytest.raises(SystemExit) as exit_info:
+            main(["convert-inception", str(path), str(tmp_path / "o.safetensors")])
+        assert exit_info.value.code == 1
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and needle in err, err
+        assert err.count("\n") == 1 and err.startswith("python -m ddim_jax.metrics: error: ") and needle in err, err
