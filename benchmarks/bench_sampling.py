@@ -29,7 +29,7 @@ import numpy as np
 
 from ddim_jax import alphas_cumprod_from_betas, make_betas, sample, timestep_sequence
 from ddim_jax.diffusion import alpha_at, eps_and_x0_from_output, x_prev_from_x0_eps
-from ddim_jax.solvers import SOLVERS
+from ddim_jax.solvers import REGISTRY, SOLVERS
 
 
 class SmallConvEps(nn.Module):
@@ -168,11 +168,13 @@ def solver_table(apply_fn, params, x_T, alphas_cumprod, bare_scan, repeats):
     for num_steps in (20, 50):
         seq = timestep_sequence(num_steps, 1000, "logsnr", alphas_cumprod=alphas_cumprod)
         for solver in SOLVERS:
-            nfe = num_steps + 1 if solver == "plms" else num_steps
+            nfe = REGISTRY[solver].calls(num_steps)
             calls = jnp.asarray(np.linspace(999, 0, nfe).astype(np.int32))
 
-            def run(x, p, solver=solver, seq=seq):
-                return sample(apply_fn, x, seq, alphas_cumprod, eps_fn_args=(p,), solver=solver)
+            key = jax.random.PRNGKey(0) if REGISTRY[solver].stochastic else None
+
+            def run(x, p, solver=solver, seq=seq, key=key):
+                return sample(apply_fn, x, seq, alphas_cumprod, key=key, eps_fn_args=(p,), solver=solver)
 
             run_time, bare_time = interleaved_min_seconds(
                 [lambda run=run: run(x_T, params), lambda calls=calls: bare_scan(params, x_T, calls)], repeats)

@@ -8,7 +8,7 @@ The math layer is this package's top level: pure, jittable functions with no app
   generalized reverse step (Eq. 12 with sigma of Eq. 16).
 - :mod:`ddim_jax.sampling` -- the S-step sampler and the encoder as one ``lax.scan`` in one ``jit``,
   and ``slerp`` for latent interpolation.
-- :mod:`ddim_jax.solvers` -- the higher-order solvers' update rules.
+- :mod:`ddim_jax.solvers` -- every sampler (one class each) and their registry.
 - :mod:`ddim_jax.guidance` -- classifier-free guidance in one batched call.
 - :mod:`ddim_jax.validation` -- the argument checks the layers above share.
 

@@ -4,12 +4,13 @@
 no Python loop over steps, no host sync, and a compile time that does not grow with S. The
 timesteps, ``alphas_cumprod``, ``eta``, the key and ``eps_fn_args`` are traced, so new values
 (new params, a new x_T, a new key, another sequence of the same length) reuse the compiled
-program; ``eps_fn``, the solver and the option flags are static. The update rules of the
-solvers other than DDIM are in :mod:`ddim_jax.solvers`; this module holds the scans.
+program; ``eps_fn``, the solver and the option flags are static. Every solver, DDIM included,
+is a class of :mod:`ddim_jax.solvers` run by the one scan here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -19,13 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddim_jax import solvers
-from ddim_jax.diffusion import (
-    alpha_at,
-    eps_and_x0_from_output,
-    posterior_step_kernel,
-    sigma_kernel,
-    x_prev_from_x0_eps,
-)
+from ddim_jax.diffusion import alpha_at, eps_and_x0_from_output
+from ddim_jax.solvers.base import is_key_batch, iteration_keys
 from ddim_jax.validation import (
     check_alphas_cumprod,
     check_batch,
@@ -56,154 +52,34 @@ def _call_model(eps_fn, x, t, eps_fn_args, fn: str, input_dtype):
     return output.astype(x.dtype)
 
 
-def _is_key_batch(key) -> bool:
-    """Whether ``key`` is one PRNG key per example (``[B]`` typed keys, or raw ``uint32 [B, 2]``)."""
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key.ndim == 1
-    return key.ndim == 2
-
-
-def _normal(key, shape, dtype):
-    """Standard normal noise of ``shape = [B, ...]`` from one key, or row b from ``key[b]``."""
-    if _is_key_batch(key):
-        return jax.vmap(lambda example_key: jax.random.normal(example_key, shape[1:], dtype))(key)
-    return jax.random.normal(key, shape, dtype)
-
-
-def _step_keys(key, num_steps: int):
-    """The key of each step, ``[S, ...]``: ``split(key, S)``, or per example ``split(key[b], S)``."""
-    if _is_key_batch(key):
-        return jnp.swapaxes(jax.vmap(lambda example_key: jax.random.split(example_key, num_steps))(key), 0, 1)
-    return jax.random.split(key, num_steps)
-
-
-def _ddim_scan(model, x_T, seq, alphas_cumprod, eta, step_keys, *, noise_kind, return_trajectory):
-    prev_timesteps = jnp.concatenate([seq[1:], jnp.full((1,), -1, jnp.int32)])
-
-    def step(x_t, inputs):
-        t, t_prev, key = inputs
-        eps, x0_hat = model(x_t, t)
-        if noise_kind == "none":
-            x_prev = x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), 0.0, 0.0)
-        else:
-            noise = _normal(key, x_t.shape, x_t.dtype)
-            if noise_kind == "eta":
-                sigma = sigma_kernel(t, t_prev, alphas_cumprod, eta)
-                x_prev = x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), sigma, noise)
-            else:  # sigma_hat
-                x_prev = posterior_step_kernel(x_t, x0_hat, t, t_prev, alphas_cumprod, noise)
-        return x_prev.astype(x_t.dtype), ((x_t, x0_hat) if return_trajectory else None)
-
-    return jax.lax.scan(step, x_T, (seq, prev_timesteps, step_keys))
-
-
-def _dpmpp_scan(model, x_T, seq, alphas_cumprod, orders, *, return_trajectory):
-    """DPM-Solver++ (2M / 3M): carry = (x, m_-1, m_-2, lambda_-1, lambda_-2)."""
-    prev_timesteps = jnp.concatenate([seq[1:], jnp.full((1,), -1, jnp.int32)])
-    _, _, lam_first = solvers.alpha_sigma_lambda(alphas_cumprod, seq[0])
-    zeros = jnp.zeros_like(x_T)
-
-    def step(carry, inputs):
-        x, m1, m2, lam1, lam2 = carry
-        t, t_prev, order = inputs
-        _, x0_hat = model(x, t)
-        _, sigma_s0, lam_s0 = solvers.alpha_sigma_lambda(alphas_cumprod, t)
-        alpha_t, sigma_t, lam_t = solvers.alpha_sigma_lambda(alphas_cumprod, t_prev)
-        cx, k0, k1, k2 = solvers.dpmpp_multistep_coefficients(
-            alpha_t, sigma_t, sigma_s0, lam_t, lam_s0, lam1, lam2, order)
-        x_next = cx * x + k0 * x0_hat + k1 * m1 + k2 * m2
-        return (x_next, x0_hat, m1, lam_s0, lam1), ((x, x0_hat) if return_trajectory else None)
-
-    init = (x_T, zeros, zeros, lam_first, lam_first)
-    carry, trajectory = jax.lax.scan(step, init, (seq, prev_timesteps, orders))
-    return carry[0], trajectory
-
-
-def _unipc_scan(model, x_T, seq, alphas_cumprod, orders, *, return_trajectory):
-    """UniPC-bh2 (order 2): carry = (x, x_base_-1, m_-1, m_-2, lambda_-1, lambda_-2, order_-1)."""
-    prev_timesteps = jnp.concatenate([seq[1:], jnp.full((1,), -1, jnp.int32)])
-    _, _, lam_first = solvers.alpha_sigma_lambda(alphas_cumprod, seq[0])
-    zeros = jnp.zeros_like(x_T)
-
-    def step(carry, inputs):
-        x, x_last, m1, m2, lam1, lam2, order_prev = carry
-        t, t_prev, order, index = inputs
-        _, x0_hat = model(x, t)
-        alpha_s0, sigma_s0, lam_s0 = solvers.alpha_sigma_lambda(alphas_cumprod, t)
-        # UniC: correct the point the previous predictor produced, with the evaluation just made.
-        _, sigma_prev, _ = solvers.alpha_sigma_lambda(alphas_cumprod, seq[jnp.maximum(index - 1, 0)])
-        cx, k_new, k0, k1 = solvers.unipc_corrector_coefficients(
-            alpha_s0, sigma_s0, sigma_prev, lam_s0, lam1, lam2, order_prev)
-        corrected = cx * x_last + k_new * x0_hat + k0 * m1 + k1 * m2
-        x_c = jnp.where(index > 0, corrected, x)
-        # UniP: predict the next point from the corrected one.
-        alpha_t, sigma_t, lam_t = solvers.alpha_sigma_lambda(alphas_cumprod, t_prev)
-        px, p0, p1 = solvers.unipc_predictor_coefficients(alpha_t, sigma_t, sigma_s0, lam_t, lam_s0, lam1, order)
-        x_next = px * x_c + p0 * x0_hat + p1 * m1
-        return (x_next, x_c, x0_hat, m1, lam_s0, lam1, order), ((x, x0_hat) if return_trajectory else None)
-
-    init = (x_T, x_T, zeros, zeros, lam_first, lam_first, jnp.int32(1))
-    indices = jnp.arange(seq.shape[0], dtype=jnp.int32)
-    carry, trajectory = jax.lax.scan(step, init, (seq, prev_timesteps, orders, indices))
-    return carry[0], trajectory
-
-
-def _plms_scan(model, x_T, seq, alphas_cumprod, *, return_trajectory):
-    """PLMS: S + 1 iterations (see ``solvers.plms_schedule``); carry = (x, x_T, eps_-1, eps_-2, eps_-3)."""
-    t_eval, t_from, t_to, weights, push, from_x_T = solvers.plms_schedule(seq)
-    zeros = jnp.zeros_like(x_T)
-
-    def step(carry, inputs):
-        x, x_start, e1, e2, e3 = carry
-        t, t_f, t_t, w, do_push, use_start = inputs
-        eps, x0_hat = model(x, t)
-        eps_prime = w[0] * eps + w[1] * e1 + w[2] * e2 + w[3] * e3
-        base = jnp.where(use_start, x_start, x)
-        cx, ceps = solvers.pndm_transfer_coefficients(alpha_at(alphas_cumprod, t_f), alpha_at(alphas_cumprod, t_t))
-        x_next = cx * base + ceps * eps_prime
-        e1, e2, e3 = (jnp.where(do_push, new, old) for new, old in ((eps, e1), (e1, e2), (e2, e3)))
-        return (x_next, x_start, e1, e2, e3), ((x, x0_hat) if return_trajectory else None)
-
-    init = (x_T, x_T, zeros, zeros, zeros)
-    inputs = (t_eval, t_from, t_to, weights, jnp.asarray(push), jnp.asarray(from_x_T))
-    carry, trajectory = jax.lax.scan(step, init, inputs)
-    if return_trajectory and seq.shape[0] > 1:  # drop the start's extra evaluation (iteration 1)
-        trajectory = jax.tree_util.tree_map(lambda a: jnp.concatenate([a[:1], a[2:]]), trajectory)
-    return carry[0], trajectory
-
-
 @functools.partial(
     jax.jit,
-    static_argnames=("eps_fn", "solver", "prediction_type", "clip_x0", "rederive_eps", "noise_kind",
-                     "return_trajectory"),
+    static_argnames=("eps_fn", "solver", "prediction_type", "clip_x0", "rederive_eps", "return_trajectory"),
 )
 def _sample_scan(
-    eps_fn, x_T, seq, alphas_cumprod, eta, step_keys, eps_fn_args,
-    *, solver, prediction_type, clip_x0, rederive_eps, noise_kind, return_trajectory,
+    eps_fn, x_T, seq, alphas_cumprod, eta, keys, eps_fn_args,
+    *, solver, prediction_type, clip_x0, rederive_eps, return_trajectory,
 ):
+    """``lax.scan(solver.step, solver.init(x_T), solver.plan(...))`` for every solver."""
     input_dtype = x_T.dtype
-    state_dtype = _state_dtype(input_dtype)
     alphas_cumprod = alphas_cumprod.astype(_state_dtype(alphas_cumprod.dtype))
 
     def model(x, t):
         output = _call_model(eps_fn, x, t, eps_fn_args, "sample", input_dtype)
         return eps_and_x0_from_output(output, x, t, alphas_cumprod, prediction_type, clip_x0, rederive_eps)
 
-    x = x_T.astype(state_dtype)
-    if solver == "ddim":
-        x0, trajectory = _ddim_scan(model, x, seq, alphas_cumprod, eta, step_keys,
-                                    noise_kind=noise_kind, return_trajectory=return_trajectory)
-    elif solver in ("dpmpp_2m", "dpmpp_3m"):
-        orders = jnp.asarray(solvers.multistep_orders(solver, seq.shape[0]))
-        x0, trajectory = _dpmpp_scan(model, x, seq, alphas_cumprod, orders, return_trajectory=return_trajectory)
-    elif solver == "unipc":
-        orders = jnp.asarray(solvers.multistep_orders(solver, seq.shape[0]))
-        x0, trajectory = _unipc_scan(model, x, seq, alphas_cumprod, orders, return_trajectory=return_trajectory)
-    else:  # plms
-        x0, trajectory = _plms_scan(model, x, seq, alphas_cumprod, return_trajectory=return_trajectory)
+    def body(carry, inputs):
+        carry, trajectory = solver.step(carry, inputs, model)
+        return carry, (trajectory if return_trajectory else None)
+
+    plan = solver.plan(seq, alphas_cumprod, eta)
+    if keys is not None:
+        plan = dict(plan, key=keys)
+    carry, trajectory = jax.lax.scan(body, solver.init(x_T.astype(_state_dtype(input_dtype))), plan)
     if return_trajectory:
-        trajectory = jax.tree_util.tree_map(lambda a: a.astype(input_dtype), trajectory)
-    return x0.astype(input_dtype), trajectory
+        rows = solver.trajectory_rows(seq.shape[0])
+        trajectory = jax.tree_util.tree_map(lambda a: a[rows].astype(input_dtype), trajectory)
+    return carry.x.astype(input_dtype), trajectory
 
 
 def sample(
@@ -229,23 +105,14 @@ def sample(
     ``x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma z`` with
     ``sigma = sigma(eta)`` of Eq. 16. The final step returns x0_hat.
 
-    The other solvers integrate the same probability-flow ODE (DDIM with eta = 0 is its
-    first-order solver) at higher order with the same network and the same S network evaluations
-    (their update rules, with paper references, are in :mod:`ddim_jax.solvers`):
-
-    - ``"dpmpp_2m"``, ``"dpmpp_3m"``: multistep DPM-Solver++ (Lu et al. 2022, data prediction)
-      of order 2 / 3, lower order while the history fills (steps 0 and, for 3M, 1). S NFE.
-    - ``"plms"``: PNDM's pseudo linear multistep (Liu et al. 2022): Adams-Bashforth weights of
-      up to 4 eps values on the DDIM transfer, started as diffusers'
-      ``PNDMScheduler(skip_prk_steps=True)``: the first step is redone from x_T with the mean of
-      eps at both of its ends, which costs one more network evaluation: **S + 1 NFE** (S = 1: 1).
-    - ``"unipc"``: UniPC-bh2 of order 2 (Zhao et al. 2023): a UniP predictor (= DPM-Solver++(2M))
-      and a UniC corrector that re-uses the next step's evaluation, so S NFE.
-
-    The last step (to ``t_prev = -1``, alpha = 1) is first order for the data-prediction solvers
-    (it returns the last x0 prediction, as diffusers' ``final_sigmas_type="zero"``); PLMS keeps
-    its multistep eps there, as PNDM and diffusers do. All of them are deterministic; the state
-    (x_t, x0 predictions, the multistep history) is carried in float32 (float64 inputs stay
+    The other solvers (``ddim_jax.solvers.REGISTRY``: one class each, with paper references)
+    integrate the same probability-flow ODE with the same network: multistep DPM-Solver++
+    (``"dpmpp_2m"``, ``"dpmpp_3m"``; S calls), PNDM's PLMS (``"plms"``; S + 1 calls), UniPC
+    (``"unipc"`` bh2 order 2, ``"unipc_3"``, ``"unipc_bh1"``, ``"unipc_bh1_3"``; S calls), EDM's
+    Heun (``"heun"``; 2S - 1 calls), or its SDE (``"dpmpp_2m_sde"``: stochastic, needs a key).
+    The multistep solvers run at lower order while their history fills and on their last steps
+    (``ddim_jax.solvers.base.multistep_orders``). Only DDIM takes ``eta`` and ``sigma_hat``. The
+    state (x_t, x0 predictions, the multistep history) is carried in float32 (float64 inputs stay
     float64) whatever dtype the network computes in: only the network's input is cast to
     ``x_T.dtype``, and the result is returned in ``x_T.dtype``.
 
@@ -258,17 +125,17 @@ def sample(
       alphas_cumprod: ``[T]``.
       eta: in ``[0, 1]``; 0 = DDIM (deterministic), 1 = DDPM ancestral sampling. Only
         ``solver="ddim"`` accepts eta > 0.
-      key: PRNG key; required when ``eta > 0`` or ``sigma_hat``. Step ``i`` draws its noise as
-        ``jax.random.normal(jax.random.split(key, S)[i], x_T.shape, float32)`` (the state dtype).
-        Or one key per example (``[B]`` typed keys or raw ``uint32 [B, 2]``): example ``b`` then
-        draws ``jax.random.normal(jax.random.split(key[b], S)[i], x_T.shape[1:])`` at step ``i``,
-        so its noise does not depend on the batch it is sampled in.
+      key: PRNG key; required when ``eta > 0``, ``sigma_hat`` or a stochastic solver. Step ``i``
+        draws its noise as ``jax.random.normal(jax.random.split(key, S)[i], x_T.shape, float32)``
+        (the state dtype). Or one key per example (``[B]`` typed keys or raw ``uint32 [B, 2]``):
+        example ``b`` then draws ``jax.random.normal(jax.random.split(key[b], S)[i],
+        x_T.shape[1:])`` at step ``i``, so its noise does not depend on the batch it is sampled in.
       eps_fn_args: extra traced arguments for ``eps_fn`` (e.g. ``(params,)``), so that new
         params do not trigger a recompilation.
-      clip_x0: clip x0_hat to [-1, 1] each step. The data-prediction solvers (DDIM,
-        ``dpmpp_*``, ``unipc``) clip the x0 predictions they step with (and keep in their
-        history); PLMS steps with eps, so it uses the eps re-derived from the clipped x0_hat
-        (and needs ``rederive_eps=True``); its last step's x0 is not clipped.
+      clip_x0: clip x0_hat to [-1, 1] each step. The data-prediction solvers (all but PLMS)
+        clip the x0 predictions they step with (and keep in their history); PLMS steps with eps,
+        so it uses the eps re-derived from the clipped x0_hat (and needs ``rederive_eps=True``);
+        its last step's x0 is not clipped.
       rederive_eps: with ``clip_x0``, re-derive eps from the clipped x0_hat (default; keeps the
         step on the line through x_t and x0_hat) or keep the model's eps (``False``: what
         diffusers' DDIMScheduler does by default). Only DDIM and PLMS use eps.
@@ -279,14 +146,12 @@ def sample(
       return_trajectory: also return ``{"x_t": [S, B, ...], "x0_hat": [S, B, ...]}``: the
         network's input at every step and its x0 prediction (off by default: memory then does
         not grow with S). For UniPC ``x_t`` is the predictor's point (before correction); for
-        PLMS the start's extra evaluation is left out.
-      solver: ``"ddim"``, ``"dpmpp_2m"``, ``"dpmpp_3m"``, ``"plms"`` or ``"unipc"``.
+        PLMS the start's extra evaluation and for Heun the corrections are left out.
+      solver: a name of ``ddim_jax.solvers.REGISTRY`` (``SOLVERS``).
     Returns:
       ``x0 [B, ...]`` in ``x_T.dtype``, or ``(x0, trajectory)`` with ``return_trajectory=True``.
     """
     fn = "sample"
-    if solver not in solvers.SOLVERS:
-        raise ValueError(f"{fn}: unknown solver {solver!r}; expected one of {solvers.SOLVERS}")
     num_timesteps = check_alphas_cumprod(alphas_cumprod, fn)
     check_batch(x_T, fn, "x_T")
     check_floating(x_T, fn, "x_T")
@@ -295,37 +160,33 @@ def sample(
     check_prediction_type(prediction_type, fn)
     check_eta(eta, fn)
     concrete_eta = concrete(eta)
-    if solver != "ddim":
-        if sigma_hat:
-            raise ValueError(f"{fn}: sigma_hat=True needs solver='ddim' (solver {solver!r} is deterministic)")
-        if concrete_eta is None or float(concrete_eta) != 0.0:
-            raise ValueError(f"{fn}: eta > 0 needs solver='ddim'; solver {solver!r} is deterministic (pass eta=0.0)")
-        if solver == "plms" and clip_x0 and not rederive_eps:
-            raise ValueError(
-                f"{fn}: clip_x0=True with rederive_eps=False has no effect on solver='plms' (it steps with eps); "
-                "pass rederive_eps=True"
-            )
-    if sigma_hat:
-        if concrete_eta is None or float(concrete_eta) != 0.0:
-            raise ValueError(f"{fn}: sigma_hat=True replaces eta's variance; pass eta=0.0 with it")
-        noise_kind = "sigma_hat"
-    elif concrete_eta is not None and float(concrete_eta) == 0.0:
-        noise_kind = "none"
-    else:
-        noise_kind = "eta"
-    if noise_kind != "none" and key is None:
-        raise ValueError(f"{fn}: a PRNG key is required when eta > 0 or sigma_hat=True")
-
-    if noise_kind != "none":
-        key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-        if _is_key_batch(key) and key.shape[0] != np.shape(x_T)[0]:
-            raise ValueError(f"{fn}: key holds {key.shape[0]} per-example keys for a batch of {np.shape(x_T)[0]}")
+    # eta must be concrete to pick the noise rule; a traced eta counts as "eta > 0".
+    eta_value = 1.0 if concrete_eta is None else float(concrete_eta)
+    name = solver if isinstance(solver, str) else repr(solver)
+    problem = solvers.solver_problem(name, eta=eta_value, sigma_hat=sigma_hat, clip_x0=clip_x0,
+                                     rederive_eps=rederive_eps)
+    if problem is not None:
+        raise ValueError(f"{fn}: {problem}")
+    chosen = solvers.REGISTRY[solver]
+    if sigma_hat and eta_value != 0.0:
+        raise ValueError(f"{fn}: sigma_hat=True replaces eta's variance; pass eta=0.0 with it")
+    if chosen.accepts_eta:
+        noise = "sigma_hat" if sigma_hat else ("none" if eta_value == 0.0 else "eta")
+        chosen = dataclasses.replace(chosen, noise=noise)
+    noisy = solvers.needs_key(solver, eta=eta_value, sigma_hat=sigma_hat)
+    if noisy and key is None:
+        raise ValueError(f"{fn}: a PRNG key is required when eta > 0, with sigma_hat=True or with solver {solver!r}")
     seq = jnp.asarray(seq, jnp.int32)
-    step_keys = None if noise_kind == "none" else _step_keys(key, seq.shape[0])
+    keys = None
+    if noisy:
+        key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+        if is_key_batch(key) and key.shape[0] != np.shape(x_T)[0]:
+            raise ValueError(f"{fn}: key holds {key.shape[0]} per-example keys for a batch of {np.shape(x_T)[0]}")
+        keys = iteration_keys(key, chosen.calls(seq.shape[0]))
     x0, trajectory = _sample_scan(
-        eps_fn, jnp.asarray(x_T), seq, jnp.asarray(alphas_cumprod), jnp.asarray(eta, jnp.float32), step_keys,
-        eps_fn_args, solver=solver, prediction_type=prediction_type, clip_x0=bool(clip_x0),
-        rederive_eps=bool(rederive_eps), noise_kind=noise_kind, return_trajectory=bool(return_trajectory),
+        eps_fn, jnp.asarray(x_T), seq, jnp.asarray(alphas_cumprod), jnp.asarray(eta, jnp.float32), keys,
+        eps_fn_args, solver=chosen, prediction_type=prediction_type, clip_x0=bool(clip_x0),
+        rederive_eps=bool(rederive_eps), return_trajectory=bool(return_trajectory),
     )
     if return_trajectory:
         x_ts, x0_hats = trajectory

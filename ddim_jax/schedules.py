@@ -25,7 +25,13 @@ _MAX_BETA = 0.999
 # them. They are kept out of SPACINGS because the callers that iterate SPACINGS (the config check
 # of ``sampling.skip``, sample.py's ``--skip``) call ``timestep_sequence`` without a schedule; the
 # CLI accepts them by passing ``alphas_cumprod=`` always (it is ignored by the other kinds).
-SCHEDULE_SPACINGS = ("logsnr",)
+SCHEDULE_SPACINGS = ("logsnr", "karras")
+# rho of the Karras et al. (2022) sigma spacing (their Eq. 5; k-diffusion's get_sigmas_karras).
+KARRAS_RHO = 7.0
+# The lowest lambda = log(alpha / sigma) a log-SNR grid starts from: the official DPM-Solver and
+# diffusers (``lambda_min_clipped``) clip there, so that a schedule reaching far lower lambda
+# (cosine: -9.9 at t = 999) does not spend steps in pure noise.
+LAMBDA_MIN_CLIPPED = -5.1
 
 
 def make_betas(
@@ -122,6 +128,22 @@ def log_snr(alphas_cumprod) -> np.ndarray:
     return 0.5 * (np.log(alphas_cumprod) - np.log1p(-alphas_cumprod))
 
 
+def _falling_log_snr(alphas_cumprod) -> np.ndarray:
+    """``log_snr`` of a schedule that a log-SNR grid can be laid on: alphas_cumprod in (0, 1) at
+    t = 0 and lambda lower at T - 1 than at 0; a ``ValueError`` naming the schedule otherwise."""
+    values = np.asarray(alphas_cumprod, dtype=np.float64)
+    if not np.all(np.isfinite(values)) or values.max() >= 1.0 or values.min() < 0.0:
+        raise ValueError("timestep_sequence: kinds 'logsnr' and 'karras' need a schedule with alphas_cumprod in "
+                         "[0, 1), "
+                         f"got values in [{values.min()}, {values.max()}]")
+    lam = log_snr(values)
+    if not lam[-1] < lam[0]:
+        raise ValueError("timestep_sequence: kinds 'logsnr' and 'karras' need a schedule whose log-SNR falls over t; "
+                         f"this schedule's lambda goes from {lam[0]:.3g} (t = 0) to {lam[-1]:.3g} (t = T-1), e.g. a "
+                         "constant alphas_cumprod")
+    return lam
+
+
 def timestep_sequence(
     num_steps: int, num_timesteps: int = 1000, kind: str = "uniform", *, alphas_cumprod=None
 ) -> np.ndarray:
@@ -142,9 +164,16 @@ def timestep_sequence(
     - ``"linspace"``: ``round(linspace(0, T-1, S))``: both ends included.
     - ``"logsnr"``: uniform in log-SNR ``lambda_t = log(alpha_t / sigma_t)`` (the spacing
       DPM-Solver recommends, Lu et al. 2022 arXiv 2206.00927 section 3.3): ``S`` targets
-      ``linspace(lambda_{T-1}, lambda_0, S)`` (both ends included; S = 1 gives ``[T-1]``), each
+      ``linspace(max(lambda_{T-1}, -5.1), lambda_0, S)`` (both ends included; S = 1 gives the
+      first; lambda clipped at -5.1 as DPM-Solver and diffusers' ``lambda_min_clipped`` do), each
       mapped to the real-valued t where the float64 lambda of ``alphas_cumprod`` takes it
       (piecewise-linear interpolation) and rounded. Needs ``alphas_cumprod=`` (``[T]``).
+    - ``"karras"``: the sigma spacing of Karras et al. 2022 (EDM, Eq. 5, rho = 7) over the
+      schedule's range of ``s_t = sqrt((1 - a_t) / a_t)``: ``(s_max^(1/rho) + i / (S - 1)
+      (s_min^(1/rho) - s_max^(1/rho)))^rho``, each mapped to the t whose ``s_t`` is nearest in
+      log (k-diffusion's ``DiscreteEpsDDPMDenoiser`` with ``quantize=True``); ``s_max`` is
+      clipped at ``e^5.1`` as lambda is for ``"logsnr"`` (k-diffusion does not clip; no effect on
+      the linear schedule, whose ``s_max`` is ``e^5.07``). Needs ``alphas_cumprod=``.
 
     Every kind returns exactly S distinct steps for every 1 <= S <= T.
 
@@ -191,9 +220,17 @@ def timestep_sequence(
         ascending = (np.floor(num_timesteps - index * num_timesteps / num_steps + 0.5) - 1)[::-1]
     elif kind == "linspace":
         ascending = np.floor(np.linspace(0.0, num_timesteps - 1, num_steps) + 0.5)
+    elif kind == "karras":
+        log_sigma = -_falling_log_snr(alphas_cumprod)  # log s_t = -lambda_t, increasing in t
+        ramp = np.linspace(0.0, 1.0, num_steps)
+        top = min(log_sigma[-1], -LAMBDA_MIN_CLIPPED)  # the same clip as logsnr (cosine: s_max 2e4 -> 164)
+        high, low = np.exp(top / KARRAS_RHO), np.exp(log_sigma[0] / KARRAS_RHO)
+        sigmas = (high + ramp * (low - high)) ** KARRAS_RHO  # descending
+        nearest = np.abs(np.log(sigmas)[:, None] - log_sigma[None, :]).argmin(axis=1)
+        ascending = nearest[::-1].astype(np.float64)
     else:  # logsnr
-        lam = log_snr(alphas_cumprod)  # decreasing in t
-        targets = np.linspace(lam[-1], lam[0], num_steps)  # ascending lambda = descending t
+        lam = _falling_log_snr(alphas_cumprod)
+        targets = np.linspace(max(lam[-1], LAMBDA_MIN_CLIPPED), lam[0], num_steps)  # descending t
         positions = np.interp(targets, lam[::-1], np.arange(num_timesteps - 1, -1, -1, dtype=np.float64))
         ascending = np.floor(positions + 0.5)[::-1]
     ascending = _strictly_increasing_in_range(ascending, num_timesteps)

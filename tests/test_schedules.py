@@ -6,6 +6,8 @@ import pytest
 
 from ddim_jax import SCHEDULE_SPACINGS, SPACINGS, alphas_cumprod_from_betas, log_snr, make_betas, timestep_sequence
 
+ALPHAS_LINEAR = alphas_cumprod_from_betas(make_betas("linear", 1000))
+
 
 def test_linear_schedule_matches_ddpm():
     betas = make_betas("linear", 1000)
@@ -166,3 +168,40 @@ def test_logsnr_needs_the_schedule_and_the_other_kinds_ignore_it():
         np.testing.assert_array_equal(
             timestep_sequence(10, 1000, kind, alphas_cumprod=alphas_cumprod), timestep_sequence(10, 1000, kind))
     assert "logsnr" in SCHEDULE_SPACINGS and "logsnr" not in SPACINGS
+
+
+def test_logsnr_clips_lambda_at_minus_5_1_like_the_references():
+    """DPM-Solver and diffusers (``lambda_min_clipped=-5.1``) start a log-SNR grid no lower than
+    lambda = -5.1: the cosine schedule reaches -9.9 at t = 999, and an unclipped grid spends its
+    first steps in pure noise ([999, 998, 997, 994, ...] at S = 10)."""
+    cosine = alphas_cumprod_from_betas(make_betas("cosine", 1000))
+    lam = log_snr(cosine)
+    seq = timestep_sequence(10, 1000, "logsnr", alphas_cumprod=cosine)
+    first = int(np.searchsorted(-lam, 5.1))  # the first t whose lambda is below -5.1
+    assert seq[0] in (first - 1, first), (seq, first)
+    np.testing.assert_allclose(np.diff(lam[seq][:-1]), (lam[0] + 5.1) / 9, rtol=0.1)
+    # The linear schedule ends above the clip (lambda(999) = -5.07): unchanged, starts at T - 1.
+    assert timestep_sequence(10, 1000, "logsnr", alphas_cumprod=ALPHAS_LINEAR)[0] == 999
+
+
+@pytest.mark.parametrize("value", [0.5, 1.0])
+def test_logsnr_refuses_a_schedule_whose_log_snr_does_not_fall(value):
+    with pytest.raises(ValueError, match="logsnr.*schedule"), np.errstate(all="raise"):
+        timestep_sequence(5, 1000, "logsnr", alphas_cumprod=np.full(1000, value))
+
+
+@pytest.mark.parametrize("num_steps", [5, 10, 20, 50])
+def test_karras_spacing_matches_diffusers_karras_sigmas(num_steps):
+    """Karras et al. (2022) Eq. 5 with rho = 7 over the schedule's sigma range, each sigma mapped
+    to the nearest t in log sigma (k-diffusion's quantized ``sigma_to_t``); diffusers'
+    ``use_karras_sigmas=True`` interpolates t in log sigma and rounds, which can only differ by
+    one step where a sigma falls half-way."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True)
+    scheduler.alphas_cumprod = torch.from_numpy(np.asarray(ALPHAS_LINEAR).copy())
+    scheduler.set_timesteps(num_steps)
+    ours = timestep_sequence(num_steps, 1000, "karras", alphas_cumprod=ALPHAS_LINEAR)
+    theirs = scheduler.timesteps.numpy()
+    assert np.abs(ours.astype(int) - theirs).max() <= 1 and np.mean(ours == theirs) >= 0.8, (ours, theirs)
+    assert ours[0] == 999 and ours[-1] == 0

@@ -47,6 +47,7 @@ from ddim_jax.metrics import (
     precision_recall,
     unbiased_logits,
 )
+from ddim_jax.solvers import solver_problem
 
 METRICS = ("fid", "kid", "is", "pr", "digits")
 # The record keys each metric fills.
@@ -109,11 +110,12 @@ def make_cells(*, steps: Sequence[int], etas: Sequence[float], skips: Sequence[s
     cells = []
     for skip in skips:
         for solver in solvers:
-            variants = [(float(eta), False) for eta in etas] if solver == "ddim" else [(0.0, False)]
-            if sigma_hat and solver == "ddim":
+            takes_eta = solver_problem(solver, eta=1.0) is None
+            variants = [(float(eta), False) for eta in etas] if takes_eta else [(0.0, False)]
+            if sigma_hat and takes_eta:
                 variants.append((0.0, True))
-            if solver != "ddim" and any(eta != 0 for eta in etas) and 0 not in etas:
-                raise SampleError(f"--solver={solver} is deterministic: include eta 0 in --eta, or use --solver=ddim")
+            if not takes_eta and any(eta != 0 for eta in etas) and 0 not in etas:
+                raise SampleError(f"--solver={solver}: {solver_problem(solver, eta=1.0)}: include eta 0 in --eta")
             for eta, use_sigma_hat in dict.fromkeys(variants):
                 for num_steps in steps:
                     spec = SamplerSpec(steps=int(num_steps), eta=eta, sigma_hat=use_sigma_hat, skip=skip,

@@ -25,6 +25,7 @@ from ddim_jax.generation.sampler_spec import SKIP_KINDS, SampleError, SamplerSpe
 from ddim_jax.guidance import parse_label
 from ddim_jax.io.locks import FileLock, LockHeldError
 from ddim_jax.models.precision import PRECISIONS, with_precision
+from ddim_jax.solvers import solver_problem
 
 MODES = ("samples", "interpolate", "reconstruct", "consistency")
 OUTPUT_SUFFIXES = (".png", ".npz")
@@ -173,9 +174,9 @@ def resolve_spec(options: SampleOptions, loaded: LoadedModel) -> SamplerSpec:
         solver=str(_given(options.solver, defaults.get("solver", "ddim"))) if options.mode == "samples" else "ddim",
     )
     validate_spec(spec, loaded.num_timesteps)
-    if spec.solver == "plms" and spec.clip_x0 and not loaded.rederive_eps:
-        raise SampleError("--solver=plms steps with eps, so clipping x0 needs the re-derived eps, but this model keeps "
-                          "its own (sampling.rederive_eps=False); add --no-clip or use another solver")
+    problem = solver_problem(spec.solver, clip_x0=spec.clip_x0, rederive_eps=loaded.rederive_eps)
+    if problem is not None:  # this model's config keeps its own eps (sampling.rederive_eps=False)
+        raise SampleError(f"--solver={spec.solver}: {problem} (add --no-clip or use another solver)")
     return spec
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ddim_jax.errors import UserError
 from ddim_jax.schedules import SCHEDULE_SPACINGS, SPACINGS
-from ddim_jax.solvers import SOLVERS
+from ddim_jax.solvers import solver_problem
 
 SKIP_KINDS = SPACINGS + SCHEDULE_SPACINGS
 
@@ -33,8 +33,7 @@ class SamplerSpec:
       skip: the timestep spacing ("uniform", "quad", "leading", "trailing", "linspace", or
         "logsnr", which depends on the model's schedule).
       clip_x0: clip the predicted x0 (Eq. 9) to [-1, 1] at every step.
-      solver: "ddim" (Eq. 12, with eta or sigma_hat) or a higher-order solver of
-        ``ddim_jax.solvers.SOLVERS`` (deterministic: eta = 0).
+      solver: a name of ``ddim_jax.solvers.REGISTRY``; only "ddim" (Eq. 12) takes eta and sigma_hat.
     """
 
     steps: int = 20
@@ -63,7 +62,6 @@ def validate_spec(spec: SamplerSpec, num_timesteps: int) -> None:
         raise SampleError(
             f"--sigma_hat replaces eta with the larger variance; drop --eta={spec.eta} or --sigma_hat"
         )
-    if spec.solver not in SOLVERS:
-        raise SampleError(f"unknown --solver={spec.solver!r}; choose one of {', '.join(SOLVERS)}")
-    if spec.solver != "ddim" and (spec.eta != 0 or spec.sigma_hat):
-        raise SampleError(f"--solver={spec.solver} is deterministic; --eta and --sigma_hat need --solver=ddim")
+    problem = solver_problem(spec.solver, eta=spec.eta, sigma_hat=spec.sigma_hat)
+    if problem is not None:
+        raise SampleError(f"--solver={spec.solver}: {problem}")

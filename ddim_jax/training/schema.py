@@ -28,7 +28,7 @@ import ml_collections
 from ddim_jax.errors import UserError
 from ddim_jax.models.unet import UNetConfigError, create_model
 from ddim_jax.schedules import BETA_SCHEDULES, SCHEDULE_SPACINGS, SPACINGS
-from ddim_jax.solvers import SOLVERS
+from ddim_jax.solvers import solver_problem
 
 __all__ = [
     "ConfigError",
@@ -132,7 +132,7 @@ def default_config() -> ml_collections.ConfigDict:
     sampling.num_steps = 20
     sampling.eta = 0.0
     sampling.skip = "uniform"
-    sampling.solver = "ddim"  # or a higher-order solver of ddim_jax.solvers.SOLVERS
+    sampling.solver = "ddim"  # or another solver of ddim_jax.solvers.REGISTRY
     sampling.clip_x0 = True
     # With clip_x0: re-derive eps from the clipped x0 (True) or keep the model's eps (False; what
     # diffusers' DDIMScheduler does, so converted checkpoints set it).
@@ -265,10 +265,8 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     _require(0 <= sampling.eta <= 1, "sampling.eta", f"must be in [0, 1] (0 = DDIM, 1 = DDPM), got {sampling.eta}")
     _require(sampling.skip in SPACINGS + SCHEDULE_SPACINGS, "sampling.skip",
              f"unknown spacing {sampling.skip!r}; known: {sorted(SPACINGS + SCHEDULE_SPACINGS)}")
-    _require(sampling.solver in SOLVERS, "sampling.solver",
-             f"unknown solver {sampling.solver!r}; known: {list(SOLVERS)}")
-    _require(sampling.solver == "ddim" or sampling.eta == 0, "sampling.eta",
-             f"solver {sampling.solver!r} is deterministic; eta > 0 needs solver 'ddim'")
+    problem = solver_problem(sampling.solver, eta=sampling.eta)
+    _require(problem is None, "sampling.eta" if "eta" in (problem or "") else "sampling.solver", str(problem))
     _require(sampling.batch_size > 0, "sampling.batch_size", f"must be positive, got {sampling.batch_size}")
     _require(sampling.num_samples > 0, "sampling.num_samples", f"must be positive, got {sampling.num_samples}")
 

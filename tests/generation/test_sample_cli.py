@@ -96,6 +96,9 @@ def test_normalize_argv_accepts_dashed_spellings():
     (sampler_spec.SamplerSpec(eta=-0.5), "--eta must be in [0, 1]"),
     (sampler_spec.SamplerSpec(eta=1.5), "--eta must be in [0, 1]"),
     (sampler_spec.SamplerSpec(eta=0.5, sigma_hat=True), "--sigma_hat replaces eta"),
+    (sampler_spec.SamplerSpec(solver="euler"), "--solver=euler: unknown solver 'euler'"),
+    (sampler_spec.SamplerSpec(solver="dpmpp_2m", eta=0.5), "eta > 0 needs solver 'ddim'"),
+    (sampler_spec.SamplerSpec(solver="dpmpp_2m_sde", sigma_hat=True), "sigma_hat needs solver 'ddim'"),
 ])
 def test_validate_spec_names_the_problem(spec, message):
     with pytest.raises(sampler_spec.SampleError) as error:

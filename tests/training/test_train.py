@@ -58,6 +58,7 @@ def test_cifar10_config_is_the_papers_recipe():
     ("model", "attn_resolutions", (12,), r"config\.model\.attn_resolutions: 12 is not one of"),
     ("sampling", "skip", "cubic", r"config\.sampling\.skip: unknown spacing 'cubic'"),
     ("sampling", "eta", 1.5, r"config\.sampling\.eta: must be in \[0, 1\]"),
+    ("sampling", "solver", "euler", r"config\.sampling\.solver: unknown solver 'euler'"),
     ("sampling", "rederive_eps", "no", r"config\.sampling\.rederive_eps: must be a bool"),
 ])
 def test_bad_values_raise_a_value_error_naming_the_key(section, key, value, match):
