@@ -21,7 +21,7 @@ import jax
 
 from ddim_jax.generation.loading import LoadedModel, load_pretrained, load_run
 from ddim_jax.generation.modes import run_consistency, run_interpolate, run_reconstruct, run_samples
-from ddim_jax.generation.sampler_spec import SKIP_KINDS, SampleError, SamplerSpec, validate_spec
+from ddim_jax.generation.sampler_spec import SampleError, SamplerSpec, check_skip, validate_spec
 from ddim_jax.guidance import parse_label
 from ddim_jax.io.locks import FileLock, LockHeldError
 from ddim_jax.models.precision import PRECISIONS, with_precision
@@ -100,8 +100,8 @@ def _validate_options(options: SampleOptions) -> None:
                           f"got {options.guidance}")
     if options.precision is not None and options.precision not in PRECISIONS:
         raise SampleError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
-    if options.skip is not None and options.skip not in SKIP_KINDS:
-        raise SampleError(f"unknown --skip={options.skip!r}; choose one of {', '.join(SKIP_KINDS)}")
+    if options.skip is not None:
+        check_skip(options.skip)
 
 
 def check_output_path(out: str) -> None:
