@@ -184,10 +184,11 @@ def test_logsnr_clips_lambda_at_minus_5_1_like_the_references():
     assert timestep_sequence(10, 1000, "logsnr", alphas_cumprod=ALPHAS_LINEAR)[0] == 999
 
 
+@pytest.mark.parametrize("kind", ["logsnr", "karras"])
 @pytest.mark.parametrize("value", [0.5, 1.0])
-def test_logsnr_refuses_a_schedule_whose_log_snr_does_not_fall(value):
-    with pytest.raises(ValueError, match="logsnr.*schedule"), np.errstate(all="raise"):
-        timestep_sequence(5, 1000, "logsnr", alphas_cumprod=np.full(1000, value))
+def test_schedule_spacings_refuse_a_schedule_whose_log_snr_does_not_fall(value, kind):
+    with pytest.raises(ValueError, match=f"{kind}.*schedule"), np.errstate(all="raise"):
+        timestep_sequence(5, 1000, kind, alphas_cumprod=np.full(1000, value))
 
 
 @pytest.mark.parametrize("num_steps", [5, 10, 20, 50])

@@ -289,7 +289,7 @@ def test_unknown_solvers_and_unsupported_combinations_raise_before_tracing(kwarg
 def test_phi_series_near_zero_match_the_closed_form(z):
     """phi_k switches to a Taylor series for small |z|: both sides of the switch against the
     closed form in float64 (where cancellation costs nothing at these z); phi_4 is UniPC-3's."""
-    from ddim_jax.solvers import _phi2, _phi3, phi
+    from ddim_jax.solvers.base import _phi2, _phi3, phi
 
     phi2 = (np.expm1(z) - z) / z**2
     phi3 = (np.expm1(z) - z - z**2 / 2) / z**3

@@ -19,7 +19,7 @@ is read from the registry through :func:`solver_problem`.
 
 from __future__ import annotations
 
-from ddim_jax.solvers.base import Solver, _phi2, _phi3, alpha_sigma_lambda, multistep_orders, phi
+from ddim_jax.solvers.base import Solver, alpha_sigma_lambda, multistep_orders, phi
 from ddim_jax.solvers.ddim import DDIM
 from ddim_jax.solvers.ddpm import AncestralDDPM
 from ddim_jax.solvers.dpmpp import DPMSolverPP, dpmpp_multistep_coefficients, dpmpp_sde_coefficients
@@ -80,7 +80,7 @@ def needs_key(name: str, *, eta: float = 0.0, sigma_hat: bool = False) -> bool:
 
 __all__ = [
     "REGISTRY", "SOLVERS", "SOLVER_ORDERS", "Solver", "DDIM", "AncestralDDPM", "DPMSolverPP", "Heun", "PLMS", "UniPC",
-    "solver_problem", "needs_key", "alpha_sigma_lambda", "multistep_orders", "phi", "_phi2", "_phi3",
+    "solver_problem", "needs_key", "alpha_sigma_lambda", "multistep_orders", "phi",
     "dpmpp_multistep_coefficients", "dpmpp_sde_coefficients", "unipc_coefficients", "plms_schedule",
     "pndm_transfer_coefficients",
 ]
