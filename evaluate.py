@@ -35,7 +35,8 @@ from ddim_jax.solvers import SOLVERS
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", "runs/digits", "Training run to evaluate (its latest good checkpoint).")
-flags.DEFINE_string("pretrained", None, "A diffusers-format UNet2DModel checkpoint instead of --workdir.")
+flags.DEFINE_string("pretrained", None, "A diffusers-format UNet2DModel checkpoint or a converted ADM directory "
+                    "instead of --workdir.")
 flags.DEFINE_list("steps", ["10", "20", "50", "100"], "S values (columns of the table).")
 flags.DEFINE_list("eta", ["0"], "eta values (rows); 0 = DDIM, 1 = DDPM.")
 flags.DEFINE_bool("sigma_hat", False, "Also the paper's sigma-hat row (larger variance).")

@@ -64,10 +64,15 @@ def adm_model_fields(path: str) -> dict[str, Any]:
     if isinstance(model, ADMClassifier):
         raise SampleError(f"{path!r} holds a classifier; pass it as --classifier and a UNet as --pretrained")
     size = int(read_adm_config(path)["image_size"])
+    try:
+        defaults = respacing_defaults(schedule["timestep_respacing"])
+    except ValueError:
+        raise SampleError(f"{path!r}: timestep_respacing {schedule['timestep_respacing']!r} is neither 'ddimN' nor "
+                          "comma-separated section counts") from None
     return dict(
         model=model, params=params, alphas_cumprod=alphas_cumprod_from_betas(schedule["betas"]),
         image_shape=(size, size, int(model.in_channels)), prediction_type="eps",
-        description=f"ADM {path}", defaults={"clip_x0": True, **respacing_defaults(schedule["timestep_respacing"])},
+        description=f"ADM {path}", defaults={"clip_x0": True, **defaults},
         rederive_eps=True, fingerprint=tree_checksum(params),
         output_type="learned_range" if schedule["learn_sigma"] else "fixed",
         timestep_scale=timestep_scale(schedule["rescale_timesteps"], int(schedule["num_timesteps"])),

@@ -98,3 +98,12 @@ def test_adm_user_errors_are_one_line(adm_dirs, tmp_path, changes, message):
                                     out=str(tmp_path / "x.npz"))
     with pytest.raises(SampleError, match=message):
         program.run(dataclasses.replace(options, **changes))
+
+
+def test_timestep_respacing_becomes_the_default_skip_and_steps():
+    from ddim_jax.generation.adm_loading import respacing_defaults
+
+    assert respacing_defaults("") == {}
+    assert respacing_defaults("ddim25") == {"skip": "ddim", "num_steps": 25}
+    assert respacing_defaults("250") == {"skip": "respace", "num_steps": 250}
+    assert respacing_defaults("10,15,20") == {"skip": "respace:10,15,20", "num_steps": 45}
