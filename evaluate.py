@@ -7,6 +7,8 @@ r"""Measure sample quality the way the paper does: its Table 1 (quality against 
   python evaluate.py --solver ddim,dpmpp_2m,unipc --skip logsnr --steps 5,10,20
   python evaluate.py --seeds 0,1,2                                            # mean +- std over seeds
   python evaluate.py --workdir runs/digits_cond --guidance 0,1,2,4 --steps 20  # accuracy + fd_digits per scale
+  python evaluate.py --pretrained adm64 --skip ddim --steps 25 --clip --classifier adm64_classifier \
+      --classifier_scale 0,1,2 --inception pt_inception.safetensors --ref_stats ref.npz   # ADM, classifier axis
 
 Axes are comma lists; every (skip, solver, eta, S, seed) cell samples exactly --num images through
 the code sample.py uses (resumable shards, the same images for a seed whatever the batch size,
@@ -25,7 +27,8 @@ from absl import app, flags, logging
 from ddim_jax import evaluation
 from ddim_jax.cli.entry import fail, user_errors
 from ddim_jax.cli.flags import normalize_argv
-from ddim_jax.generation.loading import load_pretrained, load_run
+from ddim_jax.generation.adm_loading import load_classifier
+from ddim_jax.generation.loading import check_finite, load_pretrained, load_run
 from ddim_jax.generation.sampler_spec import SampleError
 from ddim_jax.metrics import RESIZE_MODES
 from ddim_jax.models.precision import PrecisionError, with_precision
@@ -55,6 +58,8 @@ flags.DEFINE_integer("batch_size", None, "Images per sampling batch (default: th
 flags.DEFINE_bool("clip", False, "Clip predicted x0 to [-1, 1] (the authors' DDIM sampler does not).")
 flags.DEFINE_bool("ema", True, "Evaluate the EMA params (--noema: the raw params).")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_string("classifier", None, "Classifier guidance: a converted ADM classifier directory.")
+flags.DEFINE_list("classifier_scale", None, "Classifier guidance scales (rows; default 1; needs --classifier).")
 flags.DEFINE_string("precision", None, "Network compute precision, fp32 or bf16 (default: the run's "
                     "config.model.dtype); recorded in each record.")
 flags.DEFINE_list("guidance", None, "Class-conditional runs: classifier-free guidance scales (rows; default 1). "
@@ -78,6 +83,18 @@ def _floats(name: str, values) -> list[float]:
         raise SampleError(f"--{name} must be comma-separated numbers, got {','.join(values)!r}") from None
 
 
+def _classifier_axis(loaded) -> list:
+    """The classifier guidance scales (``[None]``: no classifier)."""
+    if FLAGS.classifier is None:
+        if FLAGS.classifier_scale:
+            raise SampleError("--classifier_scale needs --classifier DIR (a converted ADM classifier)")
+        return [None]
+    scales = _floats("classifier_scale", FLAGS.classifier_scale) if FLAGS.classifier_scale else [1.0]
+    if any(not (scale >= 0 and scale < float("inf")) for scale in scales):
+        raise SampleError(f"--classifier_scale must be finite numbers >= 0, got {scales}")
+    return scales
+
+
 def run() -> list[dict]:
     """Everything evaluate.py does; raises SampleError (one line) for user errors."""
     processes.initialize(FLAGS)
@@ -89,9 +106,16 @@ def run() -> list[dict]:
         loaded = dataclasses.replace(loaded, model=with_precision(loaded.model, FLAGS.precision))
     except PrecisionError as error:
         raise SampleError(str(error)) from None
+    classifier_scales = _classifier_axis(loaded)
+    if classifier_scales != [None]:
+        loaded = dataclasses.replace(loaded, classifier=load_classifier(FLAGS.classifier, 1.0, loaded.num_timesteps))
+        check_finite(loaded.classifier.params, f"the weights of classifier {FLAGS.classifier!r}")
     dataset = loaded.config.data.name if loaded.config is not None else None
     metrics = FLAGS.metric or (["digits"] if dataset == "digits" else ["fid"])
     skips = FLAGS.skip or [str(loaded.defaults.get("skip", "uniform"))]
+    if FLAGS.guidance and not loaded.null_class:
+        raise SampleError(f"--guidance (classifier-free) needs a null class; {loaded.description} has none "
+                          "(use --classifier for classifier guidance)")
     if loaded.num_classes:
         guidances = _floats("guidance", FLAGS.guidance) if FLAGS.guidance else [1.0]
     elif FLAGS.guidance:
@@ -100,7 +124,7 @@ def run() -> list[dict]:
         guidances = [None]
     cells = evaluation.make_cells(steps=steps, etas=etas, skips=skips, solvers=FLAGS.solver, seeds=seeds,
                                   sigma_hat=FLAGS.sigma_hat, clip_x0=FLAGS.clip, num_timesteps=loaded.num_timesteps,
-                                  guidances=guidances)
+                                  guidances=guidances, classifier_scales=classifier_scales)
     setup = evaluation.prepare_metrics(metrics, image_shape=loaded.image_shape, inception_weights=FLAGS.inception,
                                        ref_stats=FLAGS.ref_stats, resize=FLAGS.resize)
     only_digits = all(metric == "digits" for metric in setup.metrics)

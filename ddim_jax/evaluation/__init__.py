@@ -60,17 +60,20 @@ TABLE_FILE = "table.json"
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One entry of the table: how the images are sampled (``spec``), from which seed, and for a
-    class-conditional model the classifier-free guidance scale (``None``: unconditional model).
-    Conditional cells sample every class equally (image i of class i mod K)."""
+    class-conditional model the classifier-free guidance scale (``None``: unconditional model), and
+    with a classifier its guidance scale (``None``: no classifier). Conditional cells sample every
+    class equally (image i of class i mod K)."""
 
     spec: SamplerSpec
     seed: int
     guidance: float | None = None
+    classifier_scale: float | None = None
 
     @property
     def name(self) -> str:
         variance = "sigmahat" if self.spec.sigma_hat else f"eta{self.spec.eta:g}"
-        guided = "" if self.guidance is None else f"_g{self.guidance:g}"
+        guided = ("" if self.guidance is None else f"_g{self.guidance:g}") + (
+            "" if self.classifier_scale is None else f"_cs{self.classifier_scale:g}")
         return f"{self.spec.skip}_{self.spec.solver}_S{self.spec.steps}_{variance}{guided}_seed{self.seed}"
 
     def matches(self, record: Mapping[str, Any], num: int) -> bool:
@@ -79,7 +82,8 @@ class Cell:
                 and record.get("steps") == spec.steps and record.get("eta") == spec.eta
                 and record.get("sigma_hat") == spec.sigma_hat and record.get("clip_x0") == spec.clip_x0
                 and record.get("seed") == self.seed and record.get("num") == num
-                and record.get("guidance") == self.guidance)
+                and record.get("guidance") == self.guidance
+                and record.get("classifier_scale") == self.classifier_scale)
 
     def matches_model(self, record: Mapping[str, Any], dtype: str) -> bool:
         """Also the same network precision (a bf16 evaluation does not reuse fp32 records)."""
@@ -101,11 +105,13 @@ class MetricSetup:
 
 def make_cells(*, steps: Sequence[int], etas: Sequence[float], skips: Sequence[str], solvers: Sequence[str],
                seeds: Sequence[int], sigma_hat: bool, clip_x0: bool, num_timesteps: int,
-               guidances: Sequence[float | None] = (None,)) -> list[Cell]:
+               guidances: Sequence[float | None] = (None,),
+               classifier_scales: Sequence[float | None] = (None,)) -> list[Cell]:
     """Every (skip, solver, eta, S, guidance, seed) combination, validated; eta > 0 only with the
     ddim solver. With ``sigma_hat`` the ddim rows get the paper's sigma-hat row besides the eta rows.
     ``guidances`` are the classifier-free guidance scales of a class-conditional model (``None``
-    for an unconditional one).
+    for an unconditional one); ``classifier_scales`` the classifier guidance scales (``None``: no
+    classifier).
     """
     cells = []
     for skip in skips:
@@ -121,8 +127,9 @@ def make_cells(*, steps: Sequence[int], etas: Sequence[float], skips: Sequence[s
                     spec = SamplerSpec(steps=int(num_steps), eta=eta, sigma_hat=use_sigma_hat, skip=skip,
                                        clip_x0=clip_x0, solver=solver)
                     validate_spec(spec, num_timesteps)
-                    cells.extend(Cell(spec, int(seed), None if guidance is None else float(guidance))
-                                 for guidance in guidances for seed in seeds)
+                    cells.extend(Cell(spec, int(seed), None if guidance is None else float(guidance),
+                                      None if scale is None else float(scale))
+                                 for guidance in guidances for scale in classifier_scales for seed in seeds)
     return cells
 
 
@@ -210,6 +217,12 @@ def evaluate_cell(loaded: LoadedModel, cell: Cell, setup: MetricSetup, *, num: i
     dtype = str(getattr(loaded.model, "dtype", "float32"))
     suffix = "" if dtype == "float32" else f"_{dtype}"
     out = os.path.join(out_dir, "samples", f"{cell.name}{suffix}.npz")
+    if cell.classifier_scale is not None:
+        if loaded.classifier is None:
+            raise SampleError(f"cell {cell.name} has a classifier scale but {loaded.description} has no classifier")
+        loaded = dataclasses.replace(loaded, classifier=dataclasses.replace(loaded.classifier,
+                                                                            scale=cell.classifier_scale),
+                                     fingerprint=f"{loaded.fingerprint}@cs{cell.classifier_scale!r}")
     conditioning = {} if cell.guidance is None else {"label": "all", "guidance": cell.guidance}
     start = time.perf_counter()
     images = run_samples(loaded, cell.spec, num=num, batch_size=batch_size, seed=cell.seed, out=out,
@@ -218,7 +231,7 @@ def evaluate_cell(loaded: LoadedModel, cell: Cell, setup: MetricSetup, *, num: i
     if images is None:
         return None
     record: dict[str, Any] = {**dataclasses.asdict(cell.spec), "num": num, "seed": cell.seed,
-                              "guidance": cell.guidance, "dtype": dtype,
+                              "guidance": cell.guidance, "classifier_scale": cell.classifier_scale, "dtype": dtype,
                               "source": loaded.description, "samples": out,
                               "sample_seconds": seconds, "images_per_second": num / max(seconds, 1e-9)}
     labels = None if cell.guidance is None else labels_for(num, "all", loaded.num_classes)
@@ -227,8 +240,10 @@ def evaluate_cell(loaded: LoadedModel, cell: Cell, setup: MetricSetup, *, num: i
 
 
 def _row(record: Mapping[str, Any]) -> tuple[str, str, float | None]:
-    """(solver, eta or "sigma-hat", guidance): the row a record belongs to."""
-    return (record["solver"], "sigma-hat" if record["sigma_hat"] else f"{record['eta']:g}", record.get("guidance"))
+    """(solver [with its classifier scale], eta or "sigma-hat", guidance): the row a record belongs to."""
+    scale = record.get("classifier_scale")
+    solver = record["solver"] if scale is None else f"{record['solver']} classifier s={scale:g}"
+    return (solver, "sigma-hat" if record["sigma_hat"] else f"{record['eta']:g}", record.get("guidance"))
 
 
 def _fmt(values: Sequence[float]) -> str:

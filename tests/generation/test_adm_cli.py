@@ -107,3 +107,24 @@ def test_timestep_respacing_becomes_the_default_skip_and_steps():
     assert respacing_defaults("ddim25") == {"skip": "ddim", "num_steps": 25}
     assert respacing_defaults("250") == {"skip": "respace", "num_steps": 250}
     assert respacing_defaults("10,15,20") == {"skip": "respace:10,15,20", "num_steps": 45}
+
+
+def test_evaluation_classifier_scale_axis(adm_dirs, tmp_path):
+    """One cell per classifier scale: scale 0 samples exactly the unguided images, scale 4 others."""
+    from ddim_jax import evaluation
+    from ddim_jax.generation.adm_loading import load_classifier
+
+    loaded = load_pretrained(adm_dirs[0])
+    guided = dataclasses.replace(loaded, classifier=load_classifier(adm_dirs[1], 1.0, loaded.num_timesteps))
+    setup = evaluation.MetricSetup(metrics=())
+    cells = evaluation.make_cells(steps=[3], etas=[0], skips=["ddim"], solvers=["ddim"], seeds=[0], sigma_hat=False,
+                                  clip_x0=True, num_timesteps=1000, guidances=[1.0], classifier_scales=[0.0, 4.0])
+    assert [cell.name for cell in cells] == ["ddim_ddim_S3_eta0_g1_cs0_seed0", "ddim_ddim_S3_eta0_g1_cs4_seed0"]
+    records = [evaluation.evaluate_cell(guided, cell, setup, num=2, batch_size=2, out_dir=str(tmp_path / "eval"),
+                                        progress=False) for cell in cells]
+    assert [record["classifier_scale"] for record in records] == [0.0, 4.0]
+    plain = evaluation.evaluate_cell(loaded, dataclasses.replace(cells[0], classifier_scale=None), setup, num=2,
+                                     batch_size=2, out_dir=str(tmp_path / "plain"), progress=False)
+    images = [np.load(record["samples"])["images"].astype(np.int32) for record in (*records, plain)]
+    assert np.abs(images[0] - images[2]).max() <= 1  # the same but for float rounding at a pixel boundary
+    assert np.abs(images[1] - images[2]).max() > 1
