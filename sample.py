@@ -6,6 +6,8 @@ r"""Sample images from a trained ddim-jax run or a published DDPM checkpoint.
   python sample.py --mode interpolate|reconstruct|consistency
   python sample.py --pretrained path/to/diffusers_dir --steps 20
   python sample.py --workdir runs/digits_cond --label all --guidance 2   # one class per row
+  python sample.py --pretrained adm64 --skip ddim --steps 25 --classifier adm64_classifier \
+      --classifier-scale 1 --label all                # an ADM model (convert-adm) with classifier guidance
 
 `--out` ending in `.png` writes a grid; ending in `.npz` writes `images`, uint8 [N, H, W, C].
 Dashed spellings (`--batch-size`, `--sigma-hat`, `--no-ema`, `--no-clip`) are accepted too.
@@ -30,13 +32,15 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("workdir", "runs/digits", "Training run to sample (its latest good checkpoint).")
 flags.DEFINE_string("pretrained", None,
-                    "A diffusers-format UNet2DModel checkpoint (local dir or hub id) instead of --workdir.")
+                    "A diffusers-format UNet2DModel checkpoint (local dir or hub id) or a converted ADM "
+                    "directory instead of --workdir.")
 flags.DEFINE_string("mode", "samples", f"One of {', '.join(program.MODES)}.")
 flags.DEFINE_integer("steps", None, "S, the number of sampling steps (1..T); default: the run's config, else 20.")
 flags.DEFINE_float("eta", None, "Eq. 16's eta: 0 = DDIM (deterministic), 1 = DDPM; default: the run's config, else 0.")
 flags.DEFINE_bool("sigma_hat", False, "Use the larger variance sigma_hat (Table 1's last row) instead of eta.")
 flags.DEFINE_string("skip", None,
-                    f"Timestep spacing, one of {', '.join(SKIP_KINDS)} (default: the run's config).")
+                    f"Timestep spacing, one of {', '.join(SKIP_KINDS)}, or respace:c1,c2,... (guided-diffusion's "
+                    "section counts; --steps is their sum) (default: the run's config).")
 flags.DEFINE_integer("num", None,
                      "Images (samples, reconstruct, consistency) or rows (interpolate); default: the run's "
                      "config.sampling.num_samples for samples, else per mode: "
@@ -58,6 +62,9 @@ flags.DEFINE_string("label", None,
 flags.DEFINE_float("guidance", None,
                    "Classifier-free guidance scale s for class-conditional models: 0 = unconditional, "
                    "1 = conditional (default), > 1 guided.")
+flags.DEFINE_string("classifier", None, "Classifier guidance: a converted ADM classifier directory "
+                    "(python -m ddim_jax.pretrained convert-adm-classifier); labels from --label.")
+flags.DEFINE_float("classifier_scale", None, "The classifier guidance scale (default 1).")
 flags.DEFINE_string("precision", None, "Network compute precision, fp32 or bf16 (default: the run's "
                     "config.model.dtype); x_T and the sampler state stay float32.")
 
@@ -96,6 +103,8 @@ def main(argv):
         label=FLAGS.label,
         guidance=FLAGS.guidance,
         precision=FLAGS.precision,
+        classifier=FLAGS.classifier,
+        classifier_scale=FLAGS.classifier_scale,
     )
     with user_errors("sample.py", resume_note="finished shards are kept; rerun the same command to resume"):
         processes.initialize(FLAGS)

@@ -1,4 +1,5 @@
-"""Classifier-free guidance (Ho & Salimans 2022) for every sampler in :mod:`ddim_jax.sampling`.
+"""Classifier-free guidance (Ho & Salimans 2022) and classifier guidance (Dhariwal & Nichol 2021)
+for every sampler in :mod:`ddim_jax.sampling`.
 
 A class-conditional noise network trained with some labels replaced by a "null" class is both the
 conditional model ``eps(x, t, c)`` and the unconditional one ``eps(x, t, null)``. Guidance with
@@ -18,6 +19,14 @@ reuse the compiled sampler, and it runs inside the one scan for every solver and
     eps_fn = guided_eps_fn(eps_fn_for(model), null_label=model.num_classes)
     x0 = sample(eps_fn, x_T, seq, alphas_cumprod, eps_fn_args=(params, labels, 2.0), solver="dpmpp_2m")
 
+:func:`classifier_cond_fn` turns a noisy classifier into the ``cond_fn`` of ``sample``:
+``scale * grad_x log softmax(classifier(x_t, t))[y]`` by ``jax.grad``, inside the same scan; both kinds
+combine (a class-conditional model guided by its null class and by a classifier)::
+
+    cond_fn = classifier_cond_fn(ADMLogitsFn(classifier))
+    x0 = sample(eps_fn, x_T, seq, ac, eps_fn_args=(params, labels), cond_fn=cond_fn,
+                cond_fn_args=(classifier_params, labels, 1.0))
+
 :func:`labels_for` makes the labels of a batch (one class, or image ``i`` of class ``i mod K``).
 """
 
@@ -27,12 +36,14 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ddim_jax.validation import GuidanceError, check_class_label, check_guidance_args
 
-__all__ = ["GuidanceError", "GuidedEpsFn", "guided_eps_fn", "combine_guidance", "labels_for", "parse_label"]
+__all__ = ["GuidanceError", "GuidedEpsFn", "guided_eps_fn", "combine_guidance", "ClassifierCondFn",
+           "classifier_cond_fn", "labels_for", "parse_label"]
 
 
 def combine_guidance(eps_cond: Any, eps_uncond: Any, scale: Any) -> Any:
@@ -80,6 +91,31 @@ def guided_eps_fn(eps_fn: Callable[..., Any], null_label: int) -> GuidedEpsFn:
       > 1 guided). Each call is one network call on ``2 B`` images.
     """
     return GuidedEpsFn(eps_fn, int(null_label))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierCondFn:
+    """``cond_fn(x, t, params, labels, scale) = scale * grad_x sum_b log softmax(logits_fn(x, t,
+    params))[b, labels[b]]``: ``[B, ...]``, guided-diffusion's ``cond_fn`` of ``classifier_sample.py``.
+    The log-probabilities are taken in float32; frozen, so ``sample`` compiles once per classifier."""
+
+    logits_fn: Callable[..., Any]
+
+    def __call__(self, x: Any, t: Any, params: Any, labels: Any, scale: Any) -> Any:
+        labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), x.shape[:1])
+
+        def selected_log_probs(x):
+            log_probs = jax.nn.log_softmax(self.logits_fn(x, t, params).astype(jnp.float32), axis=-1)
+            return jnp.take_along_axis(log_probs, labels[:, None], axis=-1).sum()
+
+        return jnp.asarray(scale, x.dtype) * jax.grad(selected_log_probs)(x)
+
+
+def classifier_cond_fn(logits_fn: Callable[..., Any]) -> ClassifierCondFn:
+    """Classifier guidance from ``logits_fn(x [B, ...], t int32 [B], params) -> [B, K]`` (hashable;
+    e.g. :class:`ddim_jax.models.adm_calls.ADMLogitsFn`). Pass the result as ``sample``'s ``cond_fn``
+    with ``cond_fn_args=(classifier_params, labels, scale)``."""
+    return ClassifierCondFn(logits_fn)
 
 
 def parse_label(value: str | int | None, num_classes: int) -> str | int | None:

@@ -35,6 +35,9 @@ from ddim_jax.validation import (
 
 Array = Any
 EpsFn = Callable[..., Array]
+# What the network returns besides its prediction: nothing ("fixed"), or guided-diffusion's
+# learned variance (``learn_sigma``): ``[prediction | v]`` on the channel axis, v in [-1, 1].
+OUTPUT_TYPES = ("fixed", "learned_range")
 
 
 def _state_dtype(dtype):
@@ -42,31 +45,59 @@ def _state_dtype(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _call_model(eps_fn, x, t, eps_fn_args, fn: str, input_dtype):
+def _call_model(eps_fn, x, t, eps_fn_args, fn: str, input_dtype, output_type: str = "fixed"):
     """One network call: the float32 state cast to the input's dtype, the output back to the
-    state's dtype."""
+    state's dtype; ``(prediction, v)`` with ``v`` None unless ``output_type="learned_range"``."""
     t_batch = jnp.full((x.shape[0],), t, dtype=jnp.int32)
     output = eps_fn(x.astype(input_dtype), t_batch, *eps_fn_args)
-    if output.shape != x.shape:
-        raise ValueError(f"{fn}: eps_fn returned shape {output.shape} for input shape {x.shape}; they must match")
-    return output.astype(x.dtype)
+    learned = output_type == "learned_range"
+    expected = x.shape[:-1] + (2 * x.shape[-1],) if learned else x.shape
+    if output.shape != expected:
+        raise ValueError(f"{fn}: eps_fn returned shape {output.shape} for input shape {x.shape}; expected {expected}"
+                         + (" (the prediction and the variance interpolation v)" if learned else ""))
+    output = output.astype(x.dtype)
+    if learned:
+        return output[..., : x.shape[-1]], output[..., x.shape[-1]:]
+    return output, None
+
+
+def _model_for(solver, eps_fn, eps_fn_args, input_dtype, alphas_cumprod, cond_fn, cond_fn_args, *,
+               prediction_type, clip_x0, rederive_eps, output_type):
+    """``model(x, t)``: the one place a network output is interpreted. ``(eps, x0_hat)`` for the
+    solvers (with classifier guidance as guided-diffusion's ``condition_score``: eps shifted by
+    ``-sqrt(1 - a_t) cond_fn``, x0_hat re-derived from it and not clipped again), or
+    ``(eps, x0_hat, v, cond_grad)`` for a solver that ``uses_variance`` (it shifts its mean)."""
+
+    def model(x, t):
+        output, v = _call_model(eps_fn, x, t, eps_fn_args, "sample", input_dtype, output_type)
+        eps, x0_hat = eps_and_x0_from_output(output, x, t, alphas_cumprod, prediction_type, clip_x0, rederive_eps)
+        grad = None if cond_fn is None else cond_fn(x, jnp.full((x.shape[0],), t, jnp.int32), *cond_fn_args)
+        if solver.uses_variance:
+            return eps, x0_hat, v, None if grad is None else grad.astype(x.dtype)
+        if grad is not None:
+            a = alpha_at(alphas_cumprod, t)
+            eps = eps - jnp.sqrt(1.0 - a) * grad.astype(x.dtype)
+            x0_hat = (x - jnp.sqrt(1.0 - a) * eps) / jnp.sqrt(a)
+        return eps, x0_hat
+
+    return model
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("eps_fn", "solver", "prediction_type", "clip_x0", "rederive_eps", "return_trajectory"),
+    static_argnames=("eps_fn", "cond_fn", "solver", "prediction_type", "clip_x0", "rederive_eps", "output_type",
+                     "return_trajectory"),
 )
 def _sample_scan(
-    eps_fn, x_T, seq, alphas_cumprod, eta, keys, eps_fn_args,
-    *, solver, prediction_type, clip_x0, rederive_eps, return_trajectory,
+    eps_fn, x_T, seq, alphas_cumprod, eta, keys, eps_fn_args, cond_fn_args,
+    *, cond_fn, solver, prediction_type, clip_x0, rederive_eps, output_type, return_trajectory,
 ):
     """``lax.scan(solver.step, solver.init(x_T), solver.plan(...))`` for every solver."""
     input_dtype = x_T.dtype
     alphas_cumprod = alphas_cumprod.astype(_state_dtype(alphas_cumprod.dtype))
-
-    def model(x, t):
-        output = _call_model(eps_fn, x, t, eps_fn_args, "sample", input_dtype)
-        return eps_and_x0_from_output(output, x, t, alphas_cumprod, prediction_type, clip_x0, rederive_eps)
+    model = _model_for(solver, eps_fn, eps_fn_args, input_dtype, alphas_cumprod, cond_fn, cond_fn_args,
+                       prediction_type=prediction_type, clip_x0=clip_x0, rederive_eps=rederive_eps,
+                       output_type=output_type)
 
     def body(carry, inputs):
         carry, trajectory = solver.step(carry, inputs, model)
@@ -97,6 +128,9 @@ def sample(
     sigma_hat: bool = False,
     return_trajectory: bool = False,
     solver: str = "ddim",
+    output_type: str = "fixed",
+    cond_fn: Callable[..., Array] | None = None,
+    cond_fn_args: tuple = (),
 ):
     """Runs the generative process over a timestep sub-sequence (paper section 4.2).
 
@@ -147,7 +181,20 @@ def sample(
         network's input at every step and its x0 prediction (off by default: memory then does
         not grow with S). For UniPC ``x_t`` is the predictor's point (before correction); for
         PLMS the start's extra evaluation and for Heun the corrections are left out.
-      solver: a name of ``ddim_jax.solvers.REGISTRY`` (``SOLVERS``).
+      solver: a name of ``ddim_jax.solvers.REGISTRY`` (``SOLVERS``). ``"ddpm"`` is ancestral
+        sampling with the model's learned variance (guided-diffusion's ``p_sample``; needs
+        ``output_type="learned_range"`` and a key; eta 0).
+      output_type: ``"fixed"`` (the network returns its prediction, ``[B, ..., C]``) or
+        ``"learned_range"`` (``[B, ..., 2C]``: the prediction, then guided-diffusion's variance
+        interpolation ``v`` in [-1, 1]). Every solver steps with the prediction alone; only
+        ``"ddpm"`` reads v. DDIM with eta > 0 keeps Eq. 16's sigma, as guided-diffusion's
+        ``ddim_sample`` does.
+      cond_fn: classifier guidance, ``cond_fn(x [B, ...], t int32 [B], *cond_fn_args) -> [B, ...]``
+        = ``scale * grad_x log p(y | x_t, t)`` (see ``ddim_jax.guidance.classifier_cond_fn``); static
+        like ``eps_fn``. Solvers step with ``eps - sqrt(1 - a_t) cond_fn`` and the x0 re-derived
+        from it (guided-diffusion's ``condition_score``); ``"ddpm"`` adds ``sigma_t^2 cond_fn`` to
+        its mean (``condition_mean``).
+      cond_fn_args: traced arguments of ``cond_fn`` (e.g. ``(classifier_params, labels, scale)``).
     Returns:
       ``x0 [B, ...]`` in ``x_T.dtype``, or ``(x0, trajectory)`` with ``return_trajectory=True``.
     """
@@ -162,9 +209,11 @@ def sample(
     concrete_eta = concrete(eta)
     # eta must be concrete to pick the noise rule; a traced eta counts as "eta > 0".
     eta_value = 1.0 if concrete_eta is None else float(concrete_eta)
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"{fn}: output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     name = solver if isinstance(solver, str) else repr(solver)
     problem = solvers.solver_problem(name, eta=eta_value, sigma_hat=sigma_hat, clip_x0=clip_x0,
-                                     rederive_eps=rederive_eps)
+                                     rederive_eps=rederive_eps, learned_variance=output_type == "learned_range")
     if problem is not None:
         raise ValueError(f"{fn}: {problem}")
     chosen = solvers.REGISTRY[solver]
@@ -185,8 +234,9 @@ def sample(
         keys = iteration_keys(key, chosen.calls(seq.shape[0]))
     x0, trajectory = _sample_scan(
         eps_fn, jnp.asarray(x_T), seq, jnp.asarray(alphas_cumprod), jnp.asarray(eta, jnp.float32), keys,
-        eps_fn_args, solver=chosen, prediction_type=prediction_type, clip_x0=bool(clip_x0),
-        rederive_eps=bool(rederive_eps), return_trajectory=bool(return_trajectory),
+        eps_fn_args, tuple(cond_fn_args), cond_fn=cond_fn, solver=chosen, prediction_type=prediction_type,
+        clip_x0=bool(clip_x0), rederive_eps=bool(rederive_eps), output_type=output_type,
+        return_trajectory=bool(return_trajectory),
     )
     if return_trajectory:
         x_ts, x0_hats = trajectory
@@ -194,15 +244,16 @@ def sample(
     return x0
 
 
-@functools.partial(jax.jit, static_argnames=("eps_fn", "prediction_type", "eps_at"))
-def _encode_scan(eps_fn, x0, from_timesteps, to_timesteps, alphas_cumprod, eps_fn_args, *, prediction_type, eps_at):
+@functools.partial(jax.jit, static_argnames=("eps_fn", "prediction_type", "eps_at", "output_type"))
+def _encode_scan(eps_fn, x0, from_timesteps, to_timesteps, alphas_cumprod, eps_fn_args, *, prediction_type, eps_at,
+                 output_type):
     input_dtype = x0.dtype
     alphas_cumprod = alphas_cumprod.astype(_state_dtype(alphas_cumprod.dtype))
 
     def step(x_from, inputs):
         t_from, t_to = inputs
         t_eval = t_to if eps_at == "next" else jnp.maximum(t_from, 0)
-        output = _call_model(eps_fn, x_from, t_eval, eps_fn_args, "encode", input_dtype)
+        output, _ = _call_model(eps_fn, x_from, t_eval, eps_fn_args, "encode", input_dtype, output_type)
         eps, _ = eps_and_x0_from_output(output, x_from, t_eval, alphas_cumprod, prediction_type)
         alpha_from, alpha_to = alpha_at(alphas_cumprod, t_from), alpha_at(alphas_cumprod, t_to)
         x0_hat = (x_from - jnp.sqrt(1.0 - alpha_from) * eps) / jnp.sqrt(alpha_from)
@@ -222,6 +273,7 @@ def encode(
     eps_fn_args: tuple = (),
     prediction_type: str = "eps",
     eps_at: str = "next",
+    output_type: str = "fixed",
 ) -> Array:
     """Deterministic encoding x0 -> x_T (paper section 5.4): the eta = 0 update run upward in t.
 
@@ -241,7 +293,8 @@ def encode(
     :func:`sample`, the state is carried in float32 and returned in ``x0.dtype``.
 
     Args:
-      eps_fn, eps_fn_args, prediction_type: as for :func:`sample`.
+      eps_fn, eps_fn_args, prediction_type, output_type: as for :func:`sample` (a learned variance
+        is not used).
       x0: data ``[B, ...]``.
       seq: int ``[S]``, strictly descending, the same sequence the code will be decoded with.
       alphas_cumprod: ``[T]``.
@@ -257,13 +310,15 @@ def encode(
     check_sequence(seq, num_timesteps, fn)
     eps_fn_args = check_eps_fn(eps_fn, eps_fn_args, fn)
     check_prediction_type(prediction_type, fn)
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"{fn}: output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     if eps_at not in ("next", "current"):
         raise ValueError(f"{fn}: eps_at must be 'next' or 'current', got {eps_at!r}")
     ascending = jnp.asarray(seq, jnp.int32)[::-1]
     from_timesteps = jnp.concatenate([jnp.full((1,), -1, jnp.int32), ascending[:-1]])
     return _encode_scan(
         eps_fn, jnp.asarray(x0), from_timesteps, ascending, jnp.asarray(alphas_cumprod), eps_fn_args,
-        prediction_type=prediction_type, eps_at=eps_at,
+        prediction_type=prediction_type, eps_at=eps_at, output_type=output_type,
     )
 
 

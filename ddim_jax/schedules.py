@@ -26,8 +26,13 @@ _MAX_BETA = 0.999
 # of ``sampling.skip``, sample.py's ``--skip``) call ``timestep_sequence`` without a schedule; the
 # CLI accepts them by passing ``alphas_cumprod=`` always (it is ignored by the other kinds).
 SCHEDULE_SPACINGS = ("logsnr", "karras")
-# Every spacing ``timestep_sequence`` knows (the one list the config and CLI checks read).
-ALL_SPACINGS = SPACINGS + SCHEDULE_SPACINGS
+# guided-diffusion's respacing (its ``respace.space_timesteps``): ``"ddim"`` (an integer stride giving
+# exactly S steps; not every S has one) and ``"respace"`` (section counts: ``"respace"`` alone is
+# one section of S steps, ``"respace:10,15,20"`` three sections whose counts sum to S). Kept out of
+# SPACINGS because ``"ddim"`` does not exist for every S.
+RESPACINGS = ("ddim", "respace")
+# Every named spacing (a "respace:c1,c2,..." kind is one too: see is_spacing_kind).
+ALL_SPACINGS = SPACINGS + SCHEDULE_SPACINGS + RESPACINGS
 # rho of the Karras et al. (2022) sigma spacing (their Eq. 5; k-diffusion's get_sigmas_karras).
 KARRAS_RHO = 7.0
 # The lowest lambda = log(alpha / sigma) a log-SNR grid starts from: the official DPM-Solver and
@@ -146,6 +151,65 @@ def _falling_log_snr(alphas_cumprod) -> np.ndarray:
     return lam
 
 
+def _respace_kind(kind: str) -> bool:
+    return kind in RESPACINGS or kind.startswith("respace:")
+
+
+def is_spacing_kind(kind: Any) -> bool:
+    """Whether ``kind`` names a spacing of :func:`timestep_sequence` (its counts are checked there)."""
+    return isinstance(kind, str) and (kind in SPACINGS + SCHEDULE_SPACINGS or _respace_kind(kind))
+
+
+def section_counts(kind: str, num_steps: int) -> list[int]:
+    """The section counts of a ``"respace"`` / ``"respace:c1,c2,..."`` kind for S = ``num_steps``
+    (``[S]`` for plain ``"respace"``); ``ValueError`` when they are not positive integers summing to S."""
+    if kind == "respace":
+        return [int(num_steps)]
+    text = kind[len("respace:"):]
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"timestep_sequence: {kind!r}: section counts must be comma-separated integers") from None
+    if min(counts) < 1:
+        raise ValueError(f"timestep_sequence: {kind!r}: every section count must be at least 1")
+    if sum(counts) != num_steps:
+        raise ValueError(f"timestep_sequence: {kind!r}: the section counts sum to {sum(counts)}, not to the "
+                         f"number of steps {num_steps} (pass --steps {sum(counts)})")
+    return counts
+
+
+def respaced_timesteps(num_steps: int, num_timesteps: int, kind: str) -> np.ndarray:
+    """guided-diffusion's ``space_timesteps`` (``timestep_respacing``), ascending int64 ``[S]``.
+
+    ``"ddim"``: ``range(0, T, i)`` for the smallest integer stride ``i >= 1`` (``i < T``) giving
+    exactly S steps (its ``"ddimS"``; ``ValueError`` when none does, e.g. S = T - 1). Section counts
+    (its ``"c1,c2,..."``): T is split into ``n = len(counts)`` parts of ``T // n`` steps, the first
+    ``T % n`` one longer; a part of ``size`` steps starting at ``start`` keeps
+    ``start + round(j * (size - 1) / (c - 1))`` (the stride accumulated in floats, round half to
+    even as Python's ``round``) for ``j < c`` (stride 1 when ``c = 1``).
+    """
+    if kind == "ddim":
+        for stride in range(1, num_timesteps):
+            if len(range(0, num_timesteps, stride)) == num_steps:
+                return np.arange(0, num_timesteps, stride, dtype=np.int64)
+        raise ValueError(f"timestep_sequence: kind 'ddim' cannot make exactly {num_steps} steps out of "
+                         f"{num_timesteps} with an integer stride (use 'respace' for any S)")
+    counts = section_counts(kind, num_steps)
+    size_per, extra = divmod(num_timesteps, len(counts))
+    start, steps = 0, []
+    for index, count in enumerate(counts):
+        size = size_per + (1 if index < extra else 0)
+        if size < count:
+            raise ValueError(f"timestep_sequence: {kind!r}: cannot take {count} steps from a section of {size}")
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        position = 0.0
+        for _ in range(count):
+            steps.append(start + round(position))
+            position += stride
+        start += size
+    return np.asarray(sorted(set(steps)), dtype=np.int64)
+
+
 def timestep_sequence(
     num_steps: int, num_timesteps: int = 1000, kind: str = "uniform", *, alphas_cumprod=None
 ) -> np.ndarray:
@@ -176,19 +240,23 @@ def timestep_sequence(
       log (k-diffusion's ``DiscreteEpsDDPMDenoiser`` with ``quantize=True``); ``s_max`` is
       clipped at ``e^5.1`` as lambda is for ``"logsnr"`` (k-diffusion does not clip; no effect on
       the linear schedule, whose ``s_max`` is ``e^5.07``). Needs ``alphas_cumprod=``.
+    - ``"ddim"``, ``"respace"``, ``"respace:c1,c2,..."``: guided-diffusion's ``timestep_respacing``
+      ``"ddimS"``, ``"S"`` and ``"c1,c2,..."`` (:func:`respaced_timesteps`); ``"ddim"`` exists only
+      for the S that an integer stride reaches, section counts must sum to S.
 
-    Every kind returns exactly S distinct steps for every 1 <= S <= T.
+    Every kind of ``SPACINGS`` and ``SCHEDULE_SPACINGS`` returns exactly S distinct steps for every
+    1 <= S <= T.
 
     Args:
       num_steps: S.
       num_timesteps: T.
-      kind: one of ``SPACINGS`` or ``SCHEDULE_SPACINGS``.
+      kind: one of ``SPACINGS``, ``SCHEDULE_SPACINGS``, ``RESPACINGS`` or ``"respace:c1,c2,..."``.
       alphas_cumprod: ``[T]``, required by the schedule-dependent kinds (``"logsnr"``) and
         ignored by the others, so a caller can always pass it.
     """
-    if kind not in ALL_SPACINGS:
+    if not is_spacing_kind(kind):
         raise ValueError(
-            f"timestep_sequence: unknown spacing kind {kind!r}; expected one of {ALL_SPACINGS}"
+            f"timestep_sequence: unknown spacing kind {kind!r}; expected one of {ALL_SPACINGS} or 'respace:c1,c2,...'"
         )
     if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 1:
         raise ValueError(f"timestep_sequence: num_timesteps must be a positive int, got {num_timesteps!r}")
@@ -207,6 +275,8 @@ def timestep_sequence(
                 f"timestep_sequence: alphas_cumprod must have shape [T] = ({num_timesteps},), "
                 f"got {np.shape(alphas_cumprod)}"
             )
+    if _respace_kind(kind):
+        return respaced_timesteps(num_steps, num_timesteps, kind)[::-1].astype(np.int32).copy()
     index = np.arange(num_steps, dtype=np.float64)
     if kind == "uniform":
         ascending = np.floor(index * num_timesteps / num_steps)

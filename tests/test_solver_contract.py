@@ -1,6 +1,8 @@
 """The contract every registered solver keeps, parametrised over ``ddim_jax.solvers.REGISTRY``
 itself: a new solver inherits these tests by its registry line. Parity with the reference codes
 and quality on the Gaussian mixture are in test_solvers.py."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +26,27 @@ def toy_eps(x, t, weight):
     return jnp.tanh(weight * x + (t.astype(jnp.float32) / T)[:, None, None]) * 0.9
 
 
+@dataclasses.dataclass(frozen=True)
+class WithVariance:
+    """A learned-variance model (``output_type="learned_range"``) around a toy eps: ``[eps | v]``,
+    v in (-1, 1) depending on x and t, for the solvers that use the model's variance."""
+
+    base: object
+
+    def __call__(self, x, t, *args):
+        eps = self.base(x, t, *args)
+        v = jnp.tanh(x.astype(jnp.float32) + (t.astype(jnp.float32) / T - 0.5)[:, None, None])
+        return jnp.concatenate([eps, v.astype(eps.dtype)], axis=-1)
+
+
+def model_options(name, model):
+    """``(model, options)`` to sample ``model`` with solver ``name``: a learned variance for those
+    that use one (every other solver must give the same samples with it)."""
+    if REGISTRY[name].uses_variance:
+        return WithVariance(model), {"output_type": "learned_range"}
+    return model, {}
+
+
 def x_T(seed=0, shape=SHAPE):
     return jax.random.normal(jax.random.PRNGKey(seed), shape)
 
@@ -31,8 +54,9 @@ def x_T(seed=0, shape=SHAPE):
 def run(name, model=toy_eps, x=None, seq=SEQ, weight=0.5, key=None, **kwargs):
     if key is None and needs_key(name):
         key = jax.random.PRNGKey(4)
+    model, options = model_options(name, model)
     return sample(model, x_T() if x is None else x, seq, ALPHAS_CUMPROD, key=key, eps_fn_args=(weight,),
-                  solver=name, **kwargs)
+                  solver=name, **options, **kwargs)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -63,9 +87,10 @@ def test_guidance_is_one_batched_call_per_evaluation(name):
         jax.debug.callback(lambda n: calls.append(int(n)), jnp.int32(x.shape[0]))
         return toy_eps(x, t, weight) + labels.astype(x.dtype)[:, None, None] / 10
 
-    guided = guided_eps_fn(conditional, 4)
+    guided, options = model_options(name, guided_eps_fn(conditional, 4))
     key = jax.random.PRNGKey(4) if needs_key(name) else None
-    sample(guided, x_T(), SEQ, ALPHAS_CUMPROD, key=key, eps_fn_args=(0.5, jnp.array([0, 1, 2]), 2.0), solver=name)
+    sample(guided, x_T(), SEQ, ALPHAS_CUMPROD, key=key, eps_fn_args=(0.5, jnp.array([0, 1, 2]), 2.0), solver=name,
+           **options)
     jax.effects_barrier()
     assert calls == [2 * SHAPE[0]] * REGISTRY[name].calls(len(SEQ))
 
@@ -123,17 +148,20 @@ def test_per_example_keys_make_an_image_independent_of_its_batch(name):
     alone = run(name, x=x_T()[1:2], key=keys[1:2], **extra)
     np.testing.assert_allclose(batch[1:2], alone, rtol=1e-5, atol=1e-5)
     assert np.abs(np.asarray(run(name, key=jax.random.split(jax.random.PRNGKey(9), 3), **extra)) - batch).max() > 1e-3
+    model, options = model_options(name, toy_eps)
     with pytest.raises(ValueError, match="key"):
-        sample(toy_eps, x_T(), SEQ, ALPHAS_CUMPROD, eps_fn_args=(0.5,), solver=name, **extra)
+        sample(model, x_T(), SEQ, ALPHAS_CUMPROD, eps_fn_args=(0.5,), solver=name, **options, **extra)
 
 
 def _temp_bytes(name, num_steps):
     seq = jnp.asarray(timestep_sequence(num_steps, T), jnp.int32)
     solver = REGISTRY[name]
     keys = iteration_keys(jax.random.PRNGKey(0), solver.calls(num_steps)) if solver.stochastic else None
+    model, options = model_options(name, toy_eps)
     compiled = sampling._sample_scan.lower(
-        toy_eps, x_T(), seq, ALPHAS_CUMPROD, jnp.float32(0.0), keys, (0.5,), solver=solver, prediction_type="eps",
-        clip_x0=False, rederive_eps=True, return_trajectory=False).compile()
+        model, x_T(), seq, ALPHAS_CUMPROD, jnp.float32(0.0), keys, (0.5,), (), cond_fn=None, solver=solver,
+        prediction_type="eps", clip_x0=False, rederive_eps=True, output_type=options.get("output_type", "fixed"),
+        return_trajectory=False).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
 
@@ -143,3 +171,21 @@ def test_memory_is_flat_in_S(name):
     (beyond the per-step plan arrays and keys, a few bytes per step)."""
     small, large = _temp_bytes(name, 10), _temp_bytes(name, 500)
     assert large - small < 490 * 200, (small, large)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not REGISTRY[n].uses_variance])
+def test_every_solver_runs_on_a_learned_variance_model_with_its_eps(name):
+    """A ``[eps | v]`` model (guided-diffusion's learn_sigma) samples as its eps half alone; a solver
+    that needs the variance refuses a model without one."""
+    key = jax.random.PRNGKey(4) if needs_key(name) else None
+    learned = sample(WithVariance(toy_eps), x_T(), SEQ, ALPHAS_CUMPROD, key=key, eps_fn_args=(0.5,), solver=name,
+                     output_type="learned_range", clip_x0=True)
+    np.testing.assert_allclose(learned, run(name, key=key, clip_x0=True), rtol=1e-6, atol=1e-6)
+
+
+def test_a_variance_solver_refuses_a_model_without_one():
+    name = next(n for n in NAMES if REGISTRY[n].uses_variance)
+    with pytest.raises(ValueError, match="learned variance"):
+        sample(toy_eps, x_T(), SEQ, ALPHAS_CUMPROD, key=jax.random.PRNGKey(0), eps_fn_args=(0.5,), solver=name)
+    with pytest.raises(ValueError, match="expected"):
+        sample(toy_eps, x_T(), SEQ, ALPHAS_CUMPROD, eps_fn_args=(0.5,), output_type="learned_range")

@@ -229,6 +229,12 @@ def test_multistep_solvers_are_no_worse_than_ddim(spacing, num_steps):
         assert distance(solver) <= ddim + 0.005, (solver, distance(solver), ddim)
 
 
+def _posterior_variance_mixture(x, t):
+    """The oracle's eps with a learned-variance channel half of v = -1 (sigma^2 = the posterior variance)."""
+    eps = mixture_eps(x, t)
+    return jnp.concatenate([eps, -jnp.ones_like(eps)], axis=-1)
+
+
 def test_every_solver_converges_to_the_data_and_to_the_same_ode_solution():
     """At S = 1000 every solver reproduces the mixture's moments, and the ODE solvers, being
     solvers of the same ODE from the same x_T, land on the same samples as DDIM."""
@@ -237,7 +243,10 @@ def test_every_solver_converges_to_the_data_and_to_the_same_ode_solution():
     reference = np.asarray(sample(mixture_eps, x_T, seq, ORACLE_ALPHAS))
     for solver in SOLVERS[1:]:
         key = jax.random.PRNGKey(3) if REGISTRY[solver].stochastic else None
-        x = np.asarray(sample(mixture_eps, x_T, seq, ORACLE_ALPHAS, key=key, solver=solver))
+        model, options = mixture_eps, {}
+        if REGISTRY[solver].uses_variance:  # ancestral DDPM with v = -1: the posterior variance
+            model, options = _posterior_variance_mixture, {"output_type": "learned_range"}
+        x = np.asarray(sample(model, x_T, seq, ORACLE_ALPHAS, key=key, solver=solver, **options))
         assert frechet_distance(x, mean, covariance) < 1e-3, solver
         if not REGISTRY[solver].stochastic:
             assert np.mean(np.abs(x - reference)) < 2e-3, (solver, np.mean(np.abs(x - reference)))

@@ -2,7 +2,7 @@
 
 A batch is split over the local devices along a one-axis ``data`` mesh (params replicated); a short
 last batch is padded to the batch size and trimmed, so each (batch shape, S) compiles once. All
-model calls go through ``ddim_jax.models.eps_fn_for`` with the params as a traced argument.
+model calls go through the model's ``LoadedModel.eps_fn()`` with the params as a traced argument.
 Class-conditional models take ``labels`` (int [n], padded with the null class) and a ``guidance``
 scale (``ddim_jax.guidance``; 1 = plain conditional, one network call per step; otherwise the
 conditional and null halves in one call on a doubled batch).
@@ -22,7 +22,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ddim_jax.generation.loading import LoadedModel
 from ddim_jax.generation.sampler_spec import SamplerSpec
 from ddim_jax.guidance import guided_eps_fn
-from ddim_jax.models import eps_fn_for
 from ddim_jax.parallel.meshes import DATA_AXIS, ceil_div, local_data_mesh
 from ddim_jax.sampling import encode, sample
 from ddim_jax.validation import check_guidance_args
@@ -49,7 +48,9 @@ class BatchedSampler:
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self._params = jax.device_put(loaded.params, replicated)
         self._alphas_cumprod = jax.device_put(loaded.alphas_cumprod, replicated)
-        self._eps_fn = eps_fn_for(loaded.model)
+        self._eps_fn = loaded.eps_fn()
+        self._classifier_params = (None if loaded.classifier is None
+                                   else jax.device_put(loaded.classifier.params, replicated))
 
     def _pad(self, x: np.ndarray) -> jax.Array:
         if x.shape[0] > self.batch_size:
@@ -59,24 +60,41 @@ class BatchedSampler:
             x = np.concatenate([x, np.zeros((padding,) + x.shape[1:], x.dtype)])
         return jax.device_put(jnp.asarray(x, jnp.float32), self._batch_sharding)
 
+    def _padded_labels(self, labels: np.ndarray, fill: int) -> jax.Array:
+        padded = np.full((self.batch_size,), fill, np.int32)
+        padded[:labels.shape[0]] = labels
+        return jax.device_put(padded, self._batch_sharding)
+
     def _model(self, labels: np.ndarray | None, guidance: float, count: int) -> tuple:
-        """``(eps_fn, eps_fn_args)``: unconditional (no labels), conditional (guidance 1), null
-        labels (guidance 0) or classifier-free guided (labels and scale traced). The labels of the
-        ``count`` images and the scale are checked here, where their values are known: inside
-        ``sample`` an out-of-range label would silently pick another class (or NaN)."""
-        if labels is None:
+        """``(eps_fn, eps_fn_args)``: unconditional (no labels, or labels only for a classifier),
+        conditional (guidance 1), null labels (guidance 0) or classifier-free guided (labels and
+        scale traced). The labels of the ``count`` images and the scale are checked here, where
+        their values are known: inside ``sample`` an out-of-range label would silently pick another
+        class (or NaN)."""
+        if labels is None or not self.loaded.model_takes_labels:
             return self._eps_fn, (self._params,)
-        null = int(self.loaded.model.num_classes)
+        num_classes = int(self.loaded.model.num_classes)
+        # A model without a null class (ADM) has only the classes 0 .. K - 1.
+        null = num_classes if self.loaded.null_class else num_classes - 1
         check_guidance_args(labels, guidance, count, null, "BatchedSampler")
         labels = np.asarray(labels, np.int32)
+        if not self.loaded.null_class:  # padding rows take class 0, then are trimmed
+            return self._eps_fn, (self._params, self._padded_labels(labels, 0))
         if guidance == 0:
             labels = np.full_like(labels, null)
-        padded = np.full((self.batch_size,), null, np.int32)
-        padded[:labels.shape[0]] = labels
-        labels = jax.device_put(padded, self._batch_sharding)
+        labels = self._padded_labels(labels, null)
         if guidance in (0, 1):
             return self._eps_fn, (self._params, labels)
         return guided_eps_fn(self._eps_fn, null), (self._params, labels, jnp.float32(guidance))
+
+    def _classifier(self, labels: np.ndarray | None) -> dict:
+        """``sample``'s ``cond_fn`` / ``cond_fn_args`` for classifier guidance ({} without one)."""
+        classifier = self.loaded.classifier
+        if classifier is None:
+            return {}
+        labels = self._padded_labels(np.asarray(labels, np.int32), 0)
+        return dict(cond_fn=classifier.cond_fn,
+                    cond_fn_args=(self._classifier_params, labels, jnp.float32(classifier.scale)))
 
     def _pad_keys(self, keys: jax.Array) -> jax.Array:
         """Per-image keys [n] -> raw uint32 [batch, 2] (padding rows reuse key 0), split like x_T."""
@@ -111,6 +129,8 @@ class BatchedSampler:
             prediction_type=self.loaded.prediction_type,
             sigma_hat=bool(spec.sigma_hat),
             solver=spec.solver,
+            output_type=self.loaded.output_type,
+            **self._classifier(labels),
         )
         return np.asarray(jax.device_get(x0))[:count]
 
@@ -126,6 +146,7 @@ class BatchedSampler:
             self._alphas_cumprod,
             eps_fn_args=eps_fn_args,
             prediction_type=self.loaded.prediction_type,
+            output_type=self.loaded.output_type,
         )
         return np.asarray(jax.device_get(codes))[:count]
 

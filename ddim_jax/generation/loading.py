@@ -17,9 +17,11 @@ import jax
 import numpy as np
 
 from ddim_jax import pretrained
+from ddim_jax.generation.adm_loading import ClassifierGuidance, adm_model_fields, is_adm_directory
 from ddim_jax.generation.sampler_spec import SampleError
 from ddim_jax.io.checksums import host_array, tree_checksum
-from ddim_jax.models import create_model
+from ddim_jax.models import ADMUNet, create_model, eps_fn_for
+from ddim_jax.models.adm_calls import ADMEpsFn
 from ddim_jax.schedules import alphas_cumprod_from_betas, make_alphas_cumprod, timestep_sequence
 from ddim_jax.training.checkpoints import CheckpointError, load_for_sampling
 from ddim_jax.training.run_directory import require_workdir_name
@@ -46,6 +48,12 @@ class LoadedModel:
         model's eps (pretrained diffusers checkpoints: what their DDIMScheduler does).
       fingerprint: sha256 of the params actually loaded (``ddim_jax.io.checksums.tree_checksum``);
         resumable sample files record it so that a resumed run cannot mix two models.
+      output_type: ``"fixed"``, or ``"learned_range"`` for an ADM model with ``learn_sigma`` (see
+        ``ddim_jax.sampling.sample``).
+      timestep_scale: ADM models trained with ``rescale_timesteps``: ``1000 / T`` (else None).
+      null_class: a class-conditional model has a null class ``num_classes`` (ours; classifier-free
+        guidance); ADM models have none.
+      classifier: classifier guidance (``--classifier``), or None.
     """
 
     model: Any
@@ -58,6 +66,10 @@ class LoadedModel:
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     rederive_eps: bool = True
     fingerprint: str = ""
+    output_type: str = "fixed"
+    timestep_scale: float | None = None
+    null_class: bool = True
+    classifier: ClassifierGuidance | None = None
 
     @property
     def num_timesteps(self) -> int:
@@ -69,8 +81,20 @@ class LoadedModel:
 
     @property
     def num_classes(self) -> int:
-        """K of a class-conditional model (label K is the null class); 0 for an unconditional one."""
-        return int(getattr(self.model, "num_classes", 0))
+        """K of a class-conditional model (label K is the null class when ``null_class``), else of
+        its classifier; 0 for an unconditional model without one."""
+        own = int(getattr(self.model, "num_classes", 0))
+        return own or (self.classifier.num_classes if self.classifier is not None else 0)
+
+    @property
+    def model_takes_labels(self) -> bool:
+        return int(getattr(self.model, "num_classes", 0)) > 0
+
+    def eps_fn(self):
+        """``eps_fn(x, t, params[, labels])`` of this model for ``sample`` (hashable, one per model)."""
+        if isinstance(self.model, ADMUNet):
+            return ADMEpsFn(self.model, self.timestep_scale)
+        return eps_fn_for(self.model)
 
 
 def load_run(workdir: str, use_ema: bool = True) -> LoadedModel:
@@ -112,11 +136,18 @@ def check_finite(params: Any, what: str) -> None:
 
 
 def load_pretrained(name_or_path: str, with_run_config: bool = False) -> LoadedModel:
-    """A diffusers-format ``UNet2DModel`` checkpoint (local directory or hub id) and its scheduler.
+    """A diffusers-format ``UNet2DModel`` checkpoint (local directory or hub id) and its scheduler, or
+    a converted ADM directory (``ddim_jax.generation.adm_loading``).
 
     The checkpoint's scheduler config sets the betas, T, the prediction type and the default for
     clipping x0. ``with_run_config`` also builds a run config (for ``reconstruct``: its dataset).
     """
+    if os.path.isdir(name_or_path) and is_adm_directory(name_or_path):
+        fields = adm_model_fields(name_or_path)
+        check_finite(fields["params"], f"the weights of ADM model {name_or_path!r}")
+        if with_run_config:
+            raise SampleError("--mode=reconstruct needs a dataset; an ADM directory names none")
+        return LoadedModel(**fields)
     try:
         local_dir = pretrained.resolve_pretrained(name_or_path)
         model, variables = pretrained.load_diffusers_unet(local_dir)

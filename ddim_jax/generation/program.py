@@ -19,10 +19,12 @@ from typing import Any
 
 import jax
 
-from ddim_jax.generation.loading import LoadedModel, load_pretrained, load_run
+from ddim_jax.generation.adm_loading import load_classifier
+from ddim_jax.generation.loading import LoadedModel, check_finite, load_pretrained, load_run
 from ddim_jax.generation.modes import run_consistency, run_interpolate, run_reconstruct, run_samples
-from ddim_jax.generation.sampler_spec import SKIP_KINDS, SampleError, SamplerSpec, validate_spec
+from ddim_jax.generation.sampler_spec import SampleError, SamplerSpec, check_skip, validate_spec
 from ddim_jax.guidance import parse_label
+from ddim_jax.io.checksums import tree_checksum
 from ddim_jax.io.locks import FileLock, LockHeldError
 from ddim_jax.models.precision import PRECISIONS, warn_if_bf16_on_cpu, with_precision
 from ddim_jax.parallel.processes import is_lead_process
@@ -63,6 +65,9 @@ class SampleOptions:
     label: str | int | None = None
     guidance: float | None = None
     precision: str | None = None  # "fp32" | "bf16": the network's compute dtype (None: the run's)
+    # Classifier guidance (a converted ADM classifier directory) and its scale.
+    classifier: str | None = None
+    classifier_scale: float | None = None
 
 
 def _validate_options(options: SampleOptions) -> None:
@@ -102,8 +107,15 @@ def _validate_options(options: SampleOptions) -> None:
                           f"got {options.guidance}")
     if options.precision is not None and options.precision not in PRECISIONS:
         raise SampleError(f"--precision must be one of {', '.join(PRECISIONS)}, got {options.precision!r}")
-    if options.skip is not None and options.skip not in SKIP_KINDS:
-        raise SampleError(f"unknown --skip={options.skip!r}; choose one of {', '.join(SKIP_KINDS)}")
+    if options.skip is not None:
+        check_skip(options.skip)
+    if options.classifier_scale is not None and not (math.isfinite(options.classifier_scale)
+                                                     and options.classifier_scale >= 0):
+        raise SampleError(f"--classifier-scale must be a finite number >= 0, got {options.classifier_scale}")
+    if options.classifier_scale is not None and options.classifier is None:
+        raise SampleError("--classifier-scale needs --classifier DIR (a converted ADM classifier)")
+    if options.classifier is not None and options.mode != "samples":
+        raise SampleError(f"--classifier guides --mode=samples; --mode={options.mode} decodes without it")
 
 
 def check_output_path(out: str) -> str | None:
@@ -204,6 +216,9 @@ def resolve_conditioning(options: SampleOptions, loaded: LoadedModel) -> tuple[s
             raise SampleError(f"--label / --guidance need a class-conditional model; {loaded.description} is "
                               "unconditional (config.model.num_classes=0)")
         return None, 1.0
+    if not loaded.null_class and options.guidance not in (None, 1):
+        raise SampleError(f"--guidance (classifier-free) needs a null class; {loaded.description} has none "
+                          "(use --classifier for classifier guidance)")
     default = None if options.mode == "reconstruct" else "all"
     try:
         label = parse_label(default if options.label is None else options.label, loaded.num_classes)
@@ -253,6 +268,13 @@ def run(options: SampleOptions) -> Any:
         loaded = load_run(options.workdir, use_ema=options.use_ema)
     loaded = dataclasses.replace(loaded, model=with_precision(loaded.model, options.precision))
     warn_if_bf16_on_cpu(getattr(loaded.model, "dtype", "float32"), "sample.py")
+    if options.classifier is not None:
+        classifier = load_classifier(options.classifier, 1.0 if options.classifier_scale is None
+                                     else options.classifier_scale, loaded.num_timesteps)
+        check_finite(classifier.params, f"the weights of classifier {options.classifier!r}")
+        # resumable shards then refuse to mix images of another classifier or scale
+        fingerprint = f"{loaded.fingerprint}+{tree_checksum(classifier.params)}@{classifier.scale!r}"
+        loaded = dataclasses.replace(loaded, classifier=classifier, fingerprint=fingerprint)
     spec = resolve_spec(options, loaded)
     label, guidance = resolve_conditioning(options, loaded)
     num = resolve_num(options, loaded)
@@ -272,6 +294,8 @@ def _header(options: SampleOptions, loaded: LoadedModel, spec: SamplerSpec, step
             guidance: float, out: str, created: str | None) -> str:
     """The first output line: what runs, with which settings, where it writes."""
     conditioning = f" label={'real' if label is None else label} guidance={guidance:g}" if loaded.num_classes else ""
+    if loaded.classifier is not None:
+        conditioning += f" {loaded.classifier.description}"
     return (f"{options.mode}: {loaded.description}; S={steps} skip={spec.skip} solver={spec.solver} "
             f"{'sigma_hat' if spec.sigma_hat else f'eta={spec.eta:g}'} clip_x0={spec.clip_x0} seed={options.seed}"
             f"{conditioning} on {jax.local_device_count()} device(s) x {jax.process_count()} process(es); "

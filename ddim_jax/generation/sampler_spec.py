@@ -11,10 +11,11 @@ import dataclasses
 import numpy as np
 
 from ddim_jax.errors import UserError
-from ddim_jax.schedules import ALL_SPACINGS
+from ddim_jax.schedules import ALL_SPACINGS, is_spacing_kind, timestep_sequence
 from ddim_jax.solvers import solver_problem
 from ddim_jax.validation import eta_problem, num_steps_problem
 
+# (plus "respace:c1,c2,..." section counts, guided-diffusion's timestep_respacing "c1,c2,...")
 SKIP_KINDS = ALL_SPACINGS
 
 
@@ -31,8 +32,9 @@ class SamplerSpec:
       eta: the eta of Eq. 16 (0 = DDIM, deterministic; 1 = DDPM's ancestral step).
       sigma_hat: use the larger variance sigma_hat = sqrt(1 - a_t / a_prev) (Table 1's last row);
         replaces eta.
-      skip: the timestep spacing ("uniform", "quad", "leading", "trailing", "linspace", or
-        "logsnr", which depends on the model's schedule).
+      skip: the timestep spacing ("uniform", "quad", "leading", "trailing", "linspace", "logsnr" and
+        "karras", which depend on the model's schedule, or guided-diffusion's respacing "ddim",
+        "respace", "respace:c1,c2,...").
       clip_x0: clip the predicted x0 (Eq. 9) to [-1, 1] at every step.
       solver: a name of ``ddim_jax.solvers.REGISTRY``; only "ddim" (Eq. 12) takes eta and sigma_hat.
     """
@@ -45,6 +47,13 @@ class SamplerSpec:
     solver: str = "ddim"
 
 
+def check_skip(skip: str) -> None:
+    """Raise :class:`SampleError` for a ``--skip`` that names no spacing."""
+    if not is_spacing_kind(skip):
+        raise SampleError(f"unknown --skip={skip!r}; choose one of {', '.join(SKIP_KINDS)} or respace:c1,c2,... "
+                          "(section counts summing to --steps)")
+
+
 def validate_spec(spec: SamplerSpec, num_timesteps: int) -> None:
     """Raise :class:`SampleError` naming the first problem with ``spec`` for a T-step model."""
     if not isinstance(spec.steps, (int, np.integer)) or isinstance(spec.steps, bool):
@@ -52,8 +61,12 @@ def validate_spec(spec: SamplerSpec, num_timesteps: int) -> None:
     problem = num_steps_problem("--steps", spec.steps, num_timesteps)
     if problem is not None:
         raise SampleError(problem)
-    if spec.skip not in SKIP_KINDS:
-        raise SampleError(f"unknown --skip={spec.skip!r}; choose one of {', '.join(SKIP_KINDS)}")
+    check_skip(spec.skip)
+    if spec.skip == "ddim" or spec.skip.startswith("respace"):
+        try:  # the kinds that do not exist for every S (a stride, section counts summing to S)
+            timestep_sequence(int(spec.steps), num_timesteps, spec.skip)
+        except ValueError as error:
+            raise SampleError(f"--skip={spec.skip} --steps={spec.steps}: {error}") from None
     if eta_problem(spec.eta) is not None:
         raise SampleError(f"--eta {eta_problem(spec.eta)}")
     if spec.sigma_hat and spec.eta != 0:

@@ -50,6 +50,8 @@ class Solver:
         only through the re-derived eps (``rederive_eps=True``).
       accepts_eta: it takes ``eta`` and ``sigma_hat`` (DDIM, paper Eq. 12 and Table 1); every other
         solver is the deterministic ODE solver or carries its own noise rule.
+      uses_variance: it steps with the model's learned variance (ancestral DDPM): its ``model``
+        returns ``(eps, x0_hat, v, cond_grad)`` and it needs a ``"learned_range"`` model.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Solver:
     stochastic: bool = False
     steps_with_eps: bool = False
     accepts_eta: bool = False
+    uses_variance: bool = False
 
     def calls(self, num_steps: int) -> int:
         """Network evaluations for S steps (= scan iterations)."""
