@@ -11,6 +11,7 @@ import functools
 import jax
 import numpy as np
 import pytest
+from adm_reference import randomize
 
 from ddim_jax.models import UNet, abstract_params
 from ddim_jax.pretrained import PretrainedError, load_diffusers_schedule, load_diffusers_unet, main
@@ -129,18 +130,6 @@ class _AuthorsModel(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def _randomize(module, seed):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.ndim == 1:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * noise)
-            else:
-                p.copy_(noise / np.sqrt(p[0].numel()))
-    return module.eval()
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _apply(model, params, x, t):
     return model.apply({"params": params}, x, t)
@@ -176,7 +165,7 @@ def test_key_map_covers_the_paper_celeba_model():
 
 def test_convert_ddim_authors_round_trip(tmp_path, capsys):
     shape = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=16)
-    raw, ema = (_randomize(_AuthorsModel(**shape), seed) for seed in (1, 2))
+    raw, ema = (randomize(_AuthorsModel(**shape), seed) for seed in (1, 2))
     # Their ckpt.pth: [model state (DataParallel: "module." names), optimizer, epoch, step, EMA state].
     states = [{"module." + k: v for k, v in raw.state_dict().items()}, {"state": {}, "param_groups": []}, 3, 1000,
               dict(ema.state_dict())]
