@@ -7,13 +7,16 @@ r"""Measure sample quality the way the paper does: its Table 1 (quality against 
   python evaluate.py --solver ddim,dpmpp_2m,unipc --skip logsnr --steps 5,10,20
   python evaluate.py --seeds 0,1,2                                            # mean +- std over seeds
   python evaluate.py --workdir runs/digits_cond --guidance 0,1,2,4 --steps 20  # accuracy + fd_digits per scale
+  python evaluate.py --pretrained adm64 --skip ddim --steps 25 --clip --classifier adm64_classifier \
+      --classifier_scale 0,0.5,1,2 --num 50000 --inception ... --ref_stats ... --metric fid,is   # ADM paper
 
-Axes are comma lists; every (skip, solver, eta, S, seed) cell samples exactly --num images through
-the code sample.py uses, measures them, and is merged into ``<out>/table.json``; ``table.md`` and one
-``<metric>.png`` per metric are rewritten after each cell. A rerun skips the cells whose identity
-(model, precision, sampler, N, seed, metric setup) is already measured. The paper's settings are
-the defaults: EMA params, no x0 clipping (``--clip`` turns it on), exactly N images. User errors
-print one line and exit 1. docs/evaluation.md has the details.
+Axes are comma lists; every (skip, solver, eta, S, guidance, classifier scale, seed) cell samples
+exactly --num images through the code sample.py uses, measures them, and is merged into
+``<out>/table.json``; ``table.md`` and one ``<metric>.png`` per metric are rewritten after each
+cell. A rerun skips the cells whose identity (model, precision, sampler, N, seed, metric setup) is
+already measured. The paper's settings are the defaults: EMA params, no x0 clipping (``--clip``
+turns it on), exactly N images. User errors print one line and exit 1. docs/evaluation.md has the
+details.
 """
 
 import sys
@@ -55,6 +58,9 @@ flags.DEFINE_string("precision", None, "Network compute precision, fp32 or bf16 
                     "config.model.dtype); recorded in each record.")
 flags.DEFINE_list("guidance", None, "Class-conditional runs: classifier-free guidance scales (rows; default 1). "
                   "Image i is of class i mod K; the digits metric then also reports accuracy.")
+flags.DEFINE_string("classifier", None, "Classifier guidance: a converted ADM classifier directory "
+                    "(python -m ddim_jax.pretrained convert-adm-classifier); image i is guided to class i mod K.")
+flags.DEFINE_list("classifier_scale", None, "Classifier guidance scales (rows; default 1; needs --classifier).")
 processes.define_flags()
 
 
@@ -75,7 +81,10 @@ def options_from_flags() -> evaluation.EvaluateOptions:
         metrics=FLAGS.metric, inception=FLAGS.inception, ref_stats=FLAGS.ref_stats, resize=FLAGS.resize,
         out=FLAGS.out, batch_size=FLAGS.batch_size, clip=FLAGS.clip, ema=FLAGS.ema, progress=FLAGS.progress,
         precision=FLAGS.precision,
-        guidances=_numbers("guidance", FLAGS.guidance, float) if FLAGS.guidance else None)
+        guidances=_numbers("guidance", FLAGS.guidance, float) if FLAGS.guidance else None,
+        classifier=FLAGS.classifier,
+        classifier_scales=(_numbers("classifier_scale", FLAGS.classifier_scale, float)
+                           if FLAGS.classifier_scale else None))
 
 
 def main(argv):

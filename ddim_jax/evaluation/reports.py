@@ -2,7 +2,7 @@
 
 The Markdown table has one block per configuration (the identity without rows, S and seed: model,
 precision, spacing, clipping, N, metric setup); inside a block, rows are (solver, eta or sigma-hat[,
-guidance]) and columns S, as in the paper's Table 1, and only seeds are pooled into mean ± std.
+guidance][, classifier scale]) and columns S, as in the paper's Table 1, and only seeds are pooled into mean ± std.
 """
 
 from __future__ import annotations
@@ -55,9 +55,14 @@ def _variance(identity: Mapping[str, Any]) -> str:
     return "sigma-hat" if identity.get("sigma_hat") else f"{identity.get('eta', 0.0):g}"
 
 
-def _row(identity: Mapping[str, Any]) -> tuple[str, str, float | None]:
-    """(solver, eta or "sigma-hat", guidance): the row a record belongs to."""
-    return (str(identity.get("solver")), _variance(identity), identity.get("guidance"))
+def _row(identity: Mapping[str, Any]) -> tuple[str, str, float | None, float | None]:
+    """(solver, eta or "sigma-hat", guidance, classifier scale): the row a record belongs to."""
+    return (str(identity.get("solver")), _variance(identity), identity.get("guidance"),
+            identity.get("classifier_scale"))
+
+
+def _row_order(row: tuple) -> tuple:
+    return (row[0], row[1], row[2] or 0, row[3] or 0)
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -85,6 +90,8 @@ def _header(key: str, block: Mapping[str, Any]) -> str:
              str(block.get("dtype") or "float32"), "clipped x0" if block.get("clip_x0") else "no clipping"]
     params = str(block.get("params_sha256") or "")[:8]
     parts.append(f"model {block.get('source')}" + (f" (params {params})" if params else ""))
+    if block.get("classifier_sha256"):
+        parts.append(f"classifier params {str(block['classifier_sha256'])[:8]}")
     if key in KEY_NOTES:
         parts.append(KEY_NOTES[key])
     if block.get("legacy"):
@@ -93,24 +100,26 @@ def _header(key: str, block: Mapping[str, Any]) -> str:
 
 
 def markdown_table(records: Sequence[Mapping[str, Any]], metric_key: str) -> str:
-    """One block per configuration; rows (solver, eta[, guidance]), columns S, like the paper's
-    Table 1; several seeds give mean ± standard deviation (ddof = 1)."""
+    """One block per configuration; rows (solver, eta[, guidance][, classifier scale]), columns S,
+    like the paper's Table 1; several seeds give mean ± standard deviation (ddof = 1)."""
     lines = []
     for block, members in _blocks(records, metric_key):
         steps = sorted({member["identity"].get("steps") for member in members})
         guided = any(member["identity"].get("guidance") is not None for member in members)
-        row_names = ["solver", "eta"] + (["guidance"] if guided else [])
+        classified = any(member["identity"].get("classifier_scale") is not None for member in members)
+        row_names = ["solver", "eta"] + (["guidance"] if guided else []) + (["classifier"] if classified else [])
         lines += [_header(metric_key, block), "",
                   "| " + " | ".join(row_names + [f"S = {s}" for s in steps]) + " |",
                   "|" + "---|" * (len(row_names) + len(steps))]
-        rows = sorted({_row(member["identity"]) for member in members}, key=lambda r: (r[0], r[1], r[2] or 0))
+        rows = sorted({_row(member["identity"]) for member in members}, key=_row_order)
         for row in rows:
             cells = []
             for num_steps in steps:
                 values = [member["value"] for member in members
                           if _row(member["identity"]) == row and member["identity"].get("steps") == num_steps]
                 cells.append(_fmt(values) if values else "")
-            label = f"{row[0]} | {row[1]} | " + (f"{row[2]:g} | " if guided else "")
+            label = (f"{row[0]} | {row[1]} | " + (f"{row[2]:g} | " if guided else "")
+                     + (f"{row[3]:g} | " if classified else ""))
             lines.append(f"| {label}" + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -142,12 +151,12 @@ def plot_metric(records: Sequence[Mapping[str, Any]], metric_key: str, path: str
     all_steps: set[int] = set()
     for index, (block, members) in enumerate(blocks):
         prefix = f"[{index + 1}] " if len(blocks) > 1 else ""
-        for row in sorted({_row(m["identity"]) for m in members}, key=lambda r: (r[0], r[1], r[2] or 0)):
+        for row in sorted({_row(m["identity"]) for m in members}, key=_row_order):
             mine = [m for m in members if _row(m["identity"]) == row]
             steps = sorted({m["identity"]["steps"] for m in mine})
             means = [np.mean([m["value"] for m in mine if m["identity"]["steps"] == s]) for s in steps]
             variance = row[1] if row[1] == "sigma-hat" else f"eta={row[1]}"
-            guidance = "" if row[2] is None else f" s={row[2]:g}"
+            guidance = ("" if row[2] is None else f" s={row[2]:g}") + ("" if row[3] is None else f" cs={row[3]:g}")
             axis.plot(steps, means, marker="o", label=f"{prefix}{block.get('skip')} {row[0]} {variance}{guidance}")
             all_steps.update(steps)
     axis.set_xscale("log")
@@ -161,18 +170,26 @@ def plot_metric(records: Sequence[Mapping[str, Any]], metric_key: str, path: str
 
 
 def plot_tradeoff(records: Sequence[Mapping[str, Any]], path: str) -> bool:
-    """The FID-vs-IS trade-off of classifier-free guidance: one point per scale, one line per S.
+    """The FID-vs-IS trade-off of guidance: one point per scale, one line per S and kind of guidance
+    (classifier-free ``s``, classifier ``cs``; a cell with both is drawn on the classifier's line).
     Returns whether there was anything to draw."""
-    rows = [r for r in records if r.get("guidance") is not None and "fid" in r and "is" in r]
+    def kind(record):
+        return ("cs", "classifier_scale") if record.get("classifier_scale") is not None else ("s", "guidance")
+
+    rows = [r for r in records if (r.get("guidance") is not None or r.get("classifier_scale") is not None)
+            and "fid" in r and "is" in r]
     if not rows:
         return False
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
-    for num_steps in sorted({r["steps"] for r in rows}):
-        members = sorted((r for r in rows if r["steps"] == num_steps), key=lambda r: r["guidance"])
-        axis.plot([r["is"] for r in members], [r["fid"] for r in members], marker="o", label=f"S = {num_steps}")
+    for (num_steps, (prefix, key)) in sorted({(r["steps"], kind(r)) for r in rows}):
+        members = sorted((r for r in rows if r["steps"] == num_steps and kind(r) == (prefix, key)),
+                         key=lambda r: r[key])
+        name = "classifier" if key == "classifier_scale" else "classifier-free"
+        axis.plot([r["is"] for r in members], [r["fid"] for r in members], marker="o",
+                  label=f"S = {num_steps}, {name}")
         for r in members:
-            axis.annotate(f"s={r['guidance']:g}", (r["is"], r["fid"]), fontsize=7)
+            axis.annotate(f"{prefix}={r[key]:g}", (r["is"], r["fid"]), fontsize=7)
     axis.set_xlabel("Inception Score")
     axis.set_ylabel("FID")
     axis.grid(True, alpha=0.3)

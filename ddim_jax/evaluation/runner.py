@@ -1,11 +1,13 @@
 """What ``evaluate.py`` does, from its options: check everything, then sample and measure each cell.
 
-Order: the options that need no model (N, batch size, seeds, guidance, ``--out``), then the model,
-the cells and the metric setup (weights, reference statistics: every missing input named), then the
-lock on ``<out>/evaluate.lock`` (a second ``evaluate.py`` on the same ``--out`` is refused in one
-line), and only then sampling. A cell whose identity is already in ``table.json`` is skipped; each
-measured cell is merged into ``table.json`` at once (atomic read-merge-write), and after the first
-one the plan's remaining time is estimated from the images/s measured.
+Order: the options that need no model (N, batch size, seeds, guidance, ``--out``), then the model
+and its classifier (``--classifier``: loaded once; each cell of the classifier-scale axis guides
+with it at its own scale, a traced argument, so the scales share one compilation), the cells and the
+metric setup (weights, reference statistics: every missing input named), then the lock on
+``<out>/evaluate.lock`` (a second ``evaluate.py`` on the same ``--out`` is refused in one line), and
+only then sampling. A cell whose identity is already in ``table.json`` is skipped; each measured
+cell is merged into ``table.json`` at once (atomic read-merge-write), and after the first one the
+plan's remaining time is estimated from the images/s measured.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from ddim_jax.evaluation.cells import (
 )
 from ddim_jax.evaluation.measuring import MetricSetup, measure, prepare_metrics
 from ddim_jax.evaluation.reports import TABLE_FILE, merge_records, read_table, write_reports
-from ddim_jax.generation.loading import LoadedModel, load_pretrained, load_run
+from ddim_jax.generation.adm_loading import ClassifierGuidance
+from ddim_jax.generation.loading import LoadedModel, guided_by_classifier, load_pretrained, load_run
 from ddim_jax.generation.modes import run_samples
 from ddim_jax.generation.sampler_spec import SampleError
 from ddim_jax.generation.shards import validate_seed
@@ -65,6 +68,8 @@ class EvaluateOptions:
     progress: bool = True
     precision: str | None = None
     guidances: Sequence[float] | None = None
+    classifier: str | None = None
+    classifier_scales: Sequence[float] | None = None
 
 
 def out_dir_for(options: EvaluateOptions) -> str:
@@ -93,10 +98,13 @@ def check_options(options: EvaluateOptions) -> None:
         raise SampleError(f"--batch_size must be at least 1, got {options.batch_size}")
     for seed in options.seeds:
         validate_seed(seed)
+    if options.classifier_scales and options.classifier is None:
+        raise SampleError("--classifier_scale needs --classifier DIR (a converted ADM classifier)")
     out_dir_for(options)
 
 
-def _load(options: EvaluateOptions) -> LoadedModel:
+def _load(options: EvaluateOptions) -> tuple[LoadedModel, ClassifierGuidance | None]:
+    """The model (unguided) and, with ``--classifier``, the classifier (at scale 1; each cell sets its own)."""
     loaded = (load_pretrained(options.pretrained) if options.pretrained
               else load_run(options.workdir, use_ema=options.ema))
     try:
@@ -104,17 +112,23 @@ def _load(options: EvaluateOptions) -> LoadedModel:
     except PrecisionError as error:
         raise SampleError(str(error)) from None
     warn_if_bf16_on_cpu(getattr(loaded.model, "dtype", "float32"), "evaluate.py")
-    return loaded
+    classifier = None if options.classifier is None else guided_by_classifier(loaded, options.classifier).classifier
+    return loaded, classifier
 
 
-def _cells(options: EvaluateOptions, loaded: LoadedModel) -> list[Cell]:
-    if options.guidances and not loaded.num_classes:
+def _cells(options: EvaluateOptions, loaded: LoadedModel, classifier: ClassifierGuidance | None) -> list[Cell]:
+    if options.guidances and not loaded.model_takes_labels:
         raise SampleError(f"--guidance needs a class-conditional model; {loaded.description} is unconditional")
-    guidances = (list(options.guidances or [1.0])) if loaded.num_classes else [None]
+    if options.guidances and not loaded.null_class and any(scale != 1 for scale in options.guidances):
+        raise SampleError(f"--guidance (classifier-free) needs a null class; {loaded.description} has none "
+                          "(use --classifier and --classifier_scale for classifier guidance)")
+    guidances = list(options.guidances or [1.0]) if loaded.model_takes_labels else [None]
+    scales = [None] if classifier is None else list(options.classifier_scales or [1.0])
     return make_cells(steps=options.steps, etas=options.etas,
                       skips=options.skips or [str(loaded.defaults.get("skip", "uniform"))],
                       solvers=options.solvers, seeds=options.seeds, sigma_hat=options.sigma_hat,
-                      clip_x0=options.clip, num_timesteps=loaded.num_timesteps, guidances=guidances)
+                      clip_x0=options.clip, num_timesteps=loaded.num_timesteps, guidances=guidances,
+                      classifier_scales=scales)
 
 
 def _setup(options: EvaluateOptions, loaded: LoadedModel) -> tuple[MetricSetup, int]:
@@ -138,12 +152,19 @@ def _lock(out_dir: str) -> FileLock:
 
 
 def evaluate_cell(loaded: LoadedModel, cell: Cell, setup: MetricSetup, *, num: int, batch_size: int, out_dir: str,
-                  ema: bool | None = None, progress: bool = True) -> dict[str, Any] | None:
+                  ema: bool | None = None, progress: bool = True,
+                  classifier: ClassifierGuidance | None = None) -> dict[str, Any] | None:
     """Samples ``num`` images for ``cell`` into ``<out_dir>/samples/<cell>_<hash>.npz`` and measures
-    them. Returns the cell's record on process 0 (``None`` on the other processes)."""
-    images_identity = image_identity(loaded, cell, num=num, ema=ema)
+    them. ``loaded`` is the unguided model; a cell with a classifier scale is guided by
+    ``classifier`` at that scale. Returns the cell's record on process 0 (``None`` on the other
+    processes)."""
+    images_identity = image_identity(loaded, cell, num=num, ema=ema,
+                                     classifier=None if cell.classifier_scale is None else classifier)
     out = os.path.join(out_dir, "samples", sample_file_name(cell, images_identity))
-    conditioning = {} if cell.guidance is None else {"label": "all", "guidance": cell.guidance}
+    if cell.classifier_scale is not None:
+        loaded = loaded.with_classifier(classifier.at_scale(cell.classifier_scale))
+    conditioning = {} if not cell.labelled else {"label": "all", "guidance": 1.0 if cell.guidance is None
+                                                 else cell.guidance}
     start = time.perf_counter()
     images = run_samples(loaded, cell.spec, num=num, batch_size=batch_size, seed=cell.seed, out=out,
                          progress=progress, **conditioning)
@@ -154,7 +175,7 @@ def evaluate_cell(loaded: LoadedModel, cell: Cell, setup: MetricSetup, *, num: i
     record: dict[str, Any] = {**identity, "identity": identity, "identity_sha256": identity_hash(identity),
                               "samples": out, "sample_seconds": seconds,
                               "images_per_second": num / max(seconds, 1e-9)}
-    labels = None if cell.guidance is None else labels_for(num, "all", loaded.num_classes)
+    labels = labels_for(num, "all", loaded.num_classes) if cell.labelled else None
     record.update(measure(images, setup, labels))
     return record
 
@@ -169,11 +190,13 @@ def _plan_line(pending: Sequence[Cell], seconds: float, num: int) -> str:
 
 
 def _pending(cells: Sequence[Cell], loaded: LoadedModel, setup: MetricSetup, num: int, ema: bool | None,
-             known: set, lead: bool) -> list[Cell]:
+             known: set, lead: bool, classifier: ClassifierGuidance | None = None) -> list[Cell]:
     """The cells whose identity is not in ``table.json`` yet (the others are reported as skipped)."""
     pending = []
     for cell in cells:
-        if identity_hash({**image_identity(loaded, cell, num=num, ema=ema), **setup.identity}) in known:
+        images = image_identity(loaded, cell, num=num, ema=ema,
+                                classifier=None if cell.classifier_scale is None else classifier)
+        if identity_hash({**images, **setup.identity}) in known:
             if lead:
                 print(f"{cell.name}: already in {TABLE_FILE} (same identity), skipped")
         else:
@@ -185,8 +208,8 @@ def run(options: EvaluateOptions) -> list[dict[str, Any]]:
     """Everything ``evaluate.py`` does; returns the records of ``table.json`` (process 0)."""
     check_options(options)
     out_dir = out_dir_for(options)
-    loaded = _load(options)
-    cells = _cells(options, loaded)
+    loaded, classifier = _load(options)
+    cells = _cells(options, loaded, classifier)
     setup, num = _setup(options, loaded)
     batch_size = options.batch_size or int(loaded.defaults.get("batch_size", 64))
     ema = None if options.pretrained else options.ema
@@ -195,13 +218,15 @@ def run(options: EvaluateOptions) -> list[dict[str, Any]]:
     try:
         records = read_table(out_dir)   # every process: all must skip the same cells (shards sync)
         if lead:
-            print(f"evaluate: {loaded.description}; {len(cells)} cell(s) x {num} images; "
+            guided = "" if classifier is None else f" guided by classifier {classifier.path}"
+            print(f"evaluate: {loaded.description}{guided}; {len(cells)} cell(s) x {num} images; "
                   f"metrics {','.join(setup.metrics)}; out {out_dir}")
-        pending = _pending(cells, loaded, setup, num, ema, {r.get("identity_sha256") for r in records}, lead)
+        pending = _pending(cells, loaded, setup, num, ema, {r.get("identity_sha256") for r in records}, lead,
+                           classifier)
         for index, cell in enumerate(pending):
             start = time.perf_counter()
             record = evaluate_cell(loaded, cell, setup, num=num, batch_size=batch_size, out_dir=out_dir, ema=ema,
-                                   progress=options.progress and lead)
+                                   progress=options.progress and lead, classifier=classifier)
             if record is None:
                 continue
             records = merge_records(out_dir, [record])

@@ -42,13 +42,25 @@ def respacing_defaults(respacing: str) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class ClassifierGuidance:
     """A noisy classifier ready to guide: ``cond_fn(x, t, params, labels, scale)`` of
-    :func:`ddim_jax.guidance.classifier_cond_fn`, its params, the scale and its number of classes."""
+    :func:`ddim_jax.guidance.classifier_cond_fn`, its params, the scale, its number of classes,
+    where it was loaded from and ``fingerprint``, the sha256 of its params
+    (:func:`ddim_jax.io.checksums.tree_checksum`)."""
 
     cond_fn: Any
     params: Any
     scale: float
     num_classes: int
-    description: str = ""
+    path: str = ""
+    fingerprint: str = ""
+
+    @property
+    def description(self) -> str:
+        return f"classifier {self.path} scale {self.scale:g}"
+
+    def at_scale(self, scale: float) -> ClassifierGuidance:
+        """The same classifier at another guidance scale (the scale is a traced argument of
+        ``sample``: no recompilation)."""
+        return dataclasses.replace(self, scale=float(scale))
 
 
 def _load(path: str, what: str):
@@ -91,4 +103,4 @@ def load_classifier(path: str, scale: float, num_timesteps: int) -> ClassifierGu
                           f"{num_timesteps}")
     logits_fn = ADMLogitsFn(model, timestep_scale(schedule["rescale_timesteps"], num_timesteps))
     return ClassifierGuidance(classifier_cond_fn(logits_fn), params, float(scale), int(model.out_channels),
-                              f"classifier {path} scale {scale:g}")
+                              path=path, fingerprint=tree_checksum(params))

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from ddim_jax import pretrained
-from ddim_jax.generation.adm_loading import ClassifierGuidance, adm_model_fields, is_adm_directory
+from ddim_jax.generation.adm_loading import ClassifierGuidance, adm_model_fields, is_adm_directory, load_classifier
 from ddim_jax.generation.sampler_spec import SampleError
 from ddim_jax.io.checksums import host_array, tree_checksum
 from ddim_jax.models import ADMUNet, create_model, eps_fn_for
@@ -90,6 +90,15 @@ class LoadedModel:
     def model_takes_labels(self) -> bool:
         return int(getattr(self.model, "num_classes", 0)) > 0
 
+    def with_classifier(self, classifier: ClassifierGuidance) -> LoadedModel:
+        """This model guided by ``classifier`` (see ``--classifier``). The fingerprint then names
+        the classifier's params and scale too, so resumable sample files never mix images of
+        another classifier or scale. Call it on the unguided model (it replaces, never stacks)."""
+        if self.classifier is not None:
+            raise ValueError("with_classifier: this model already has a classifier; call it on the unguided model")
+        return dataclasses.replace(self, classifier=classifier,
+                                   fingerprint=f"{self.fingerprint}+{classifier.fingerprint}@{classifier.scale!r}")
+
     def eps_fn(self):
         """``eps_fn(x, t, params[, labels])`` of this model for ``sample`` (hashable, one per model)."""
         if isinstance(self.model, ADMUNet):
@@ -133,6 +142,19 @@ def check_finite(params: Any, what: str) -> None:
     if bad:
         raise SampleError(f"{what} contain NaN or infinite values (in {len(bad)} of {len(leaves)} arrays, "
                           f"first {bad[0]}); the checkpoint is unusable")
+
+
+def guided_by_classifier(loaded: LoadedModel, path: str, scale: float = 1.0) -> LoadedModel:
+    """``loaded`` guided by the converted ADM classifier at ``path`` (``--classifier``) at ``scale``:
+    its diffusion steps must be the model's, its weights finite and, for a class-conditional model,
+    its classes the model's."""
+    classifier = load_classifier(path, scale, loaded.num_timesteps)
+    check_finite(classifier.params, f"the weights of classifier {path!r}")
+    own = int(getattr(loaded.model, "num_classes", 0))
+    if own and own != classifier.num_classes:   # one label steers both: the class sets must be one
+        raise SampleError(f"--classifier {path!r} has {classifier.num_classes} classes, the class-conditional model "
+                          f"{own}; a label must name the same class for both")
+    return loaded.with_classifier(classifier)
 
 
 def load_pretrained(name_or_path: str, with_run_config: bool = False) -> LoadedModel:

@@ -19,12 +19,10 @@ from typing import Any
 
 import jax
 
-from ddim_jax.generation.adm_loading import load_classifier
-from ddim_jax.generation.loading import LoadedModel, check_finite, load_pretrained, load_run
+from ddim_jax.generation.loading import LoadedModel, guided_by_classifier, load_pretrained, load_run
 from ddim_jax.generation.modes import run_consistency, run_interpolate, run_reconstruct, run_samples
 from ddim_jax.generation.sampler_spec import SampleError, SamplerSpec, check_skip, validate_spec
 from ddim_jax.guidance import parse_label
-from ddim_jax.io.checksums import tree_checksum
 from ddim_jax.io.locks import FileLock, LockHeldError
 from ddim_jax.models.precision import PRECISIONS, warn_if_bf16_on_cpu, with_precision
 from ddim_jax.parallel.processes import is_lead_process
@@ -269,12 +267,8 @@ def run(options: SampleOptions) -> Any:
     loaded = dataclasses.replace(loaded, model=with_precision(loaded.model, options.precision))
     warn_if_bf16_on_cpu(getattr(loaded.model, "dtype", "float32"), "sample.py")
     if options.classifier is not None:
-        classifier = load_classifier(options.classifier, 1.0 if options.classifier_scale is None
-                                     else options.classifier_scale, loaded.num_timesteps)
-        check_finite(classifier.params, f"the weights of classifier {options.classifier!r}")
-        # resumable shards then refuse to mix images of another classifier or scale
-        fingerprint = f"{loaded.fingerprint}+{tree_checksum(classifier.params)}@{classifier.scale!r}"
-        loaded = dataclasses.replace(loaded, classifier=classifier, fingerprint=fingerprint)
+        loaded = guided_by_classifier(loaded, options.classifier,
+                                      1.0 if options.classifier_scale is None else options.classifier_scale)
     spec = resolve_spec(options, loaded)
     label, guidance = resolve_conditioning(options, loaded)
     num = resolve_num(options, loaded)

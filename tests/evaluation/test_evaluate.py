@@ -122,6 +122,8 @@ def test_evaluate_end_to_end_table_and_resume(tiny_run, tmp_path, subprocess_env
     (["--seed=99999999999"], "32 bits"),                      # would give the images of seed 1215752191
     (["--seeds=0,-1"], "32 bits"),
     (["--metric=is", "--num=5"], "at least 10"),
+    (["--classifier_scale=1"], "--classifier_scale needs --classifier DIR"),
+    (["--classifier=/nonexistent"], "cannot load classifier '/nonexistent'"),
 ])
 def test_evaluate_user_errors_are_one_line(tiny_run, tmp_path, subprocess_env, args, message):
     result = _evaluate(f"--workdir={tiny_run}", f"--out={tmp_path}", "--num=4", *args, env=subprocess_env())

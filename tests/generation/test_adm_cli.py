@@ -107,3 +107,20 @@ def test_timestep_respacing_becomes_the_default_skip_and_steps():
     assert respacing_defaults("ddim25") == {"skip": "ddim", "num_steps": 25}
     assert respacing_defaults("250") == {"skip": "respace", "num_steps": 250}
     assert respacing_defaults("10,15,20") == {"skip": "respace:10,15,20", "num_steps": 45}
+
+
+def test_evaluate_loads_the_classifier_and_refuses_classifier_free_guidance(adm_dirs, tmp_path):
+    """evaluate.py's options on converted directories: the classifier is loaded (and checked) before
+    the metric inputs; a model without a null class has no classifier-free guidance axis."""
+    from ddim_jax import evaluation
+
+    model, classifier = adm_dirs
+    base = evaluation.EvaluateOptions(pretrained=model, steps=[4], skips=["ddim"], num=4, out=str(tmp_path / "eval"),
+                                      progress=False)
+    with pytest.raises(SampleError, match="needs a null class"):
+        evaluation.run(dataclasses.replace(base, guidances=[2.0]))
+    with pytest.raises(SampleError, match="holds a diffusion UNet, not a classifier"):
+        evaluation.run(dataclasses.replace(base, classifier=model))
+    with pytest.raises(SampleError, match="--inception"):   # classifier loaded; then the metric's inputs
+        evaluation.run(dataclasses.replace(base, classifier=classifier, classifier_scales=[0.0, 1.0]))
+    assert not (tmp_path / "eval" / "table.json").exists()
