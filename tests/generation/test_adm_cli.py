@@ -57,17 +57,24 @@ def adm_dirs(tmp_path_factory):
     return str(root / "model"), str(root / "classifier")
 
 
-def test_sample_py_with_ddim25_and_a_classifier_end_to_end(adm_dirs, tmp_path):
+def test_sample_py_with_ddim25_and_a_classifier_end_to_end(adm_dirs, tmp_path, subprocess_env):
+    """The issue's command on two (host) devices gives the images of one device in this process."""
     model, classifier = adm_dirs
     out = tmp_path / "guided.npz"
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "sample.py"), "--pretrained", model, "--skip", "ddim", "--steps", "25",
          "--classifier", classifier, "--classifier-scale", "1", "--label", "all", "--num", "3", "--batch-size", "4",
-         "--out", str(out), "--noprogress"], cwd=REPO, capture_output=True, text=True, timeout=400)
+         "--out", str(out), "--noprogress"], cwd=REPO, capture_output=True, text=True, timeout=400,
+        env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "ADM" in result.stdout and "classifier" in result.stdout
+    assert "ADM" in result.stdout and "classifier" in result.stdout and "on 2 device(s)" in result.stdout
     images = np.load(out)["images"]
     assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8 and images.std() > 0
+    one_device = program.run(program.SampleOptions(
+        workdir=None, pretrained=model, skip="ddim", steps=25, classifier=classifier, classifier_scale=1.0,
+        label="all", num=3, batch_size=4, progress=False, out=str(tmp_path / "one_device.npz")))
+    # Per-image keys: the same images whatever the device count (up to uint8 rounding of float sums).
+    assert np.abs(np.asarray(one_device).astype(int) - images.astype(int)).max() <= 1
 
 
 def test_adm_directory_loads_with_its_diffusion_settings(adm_dirs):
