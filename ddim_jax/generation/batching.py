@@ -92,7 +92,14 @@ class BatchedSampler:
         classifier = self.loaded.classifier
         if classifier is None:
             return {}
-        labels = self._padded_labels(np.asarray(labels, np.int32), 0)
+        if labels is None:
+            raise ValueError("classifier guidance needs labels (int [n]): the class each image is guided to")
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (
+                labels.size and (labels.min() < 0 or labels.max() >= classifier.num_classes)):
+            raise ValueError(f"classifier guidance: labels must be integers [n] in 0..{classifier.num_classes - 1}, "
+                             f"got {labels.dtype} {labels.shape}")
+        labels = self._padded_labels(labels.astype(np.int32), 0)
         return dict(cond_fn=classifier.cond_fn,
                     cond_fn_args=(self._classifier_params, labels, jnp.float32(classifier.scale)))
 

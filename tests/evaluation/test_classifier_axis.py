@@ -126,3 +126,14 @@ def test_classifier_with_another_class_set_or_guidance_without_null_class_is_ref
     monkeypatch.setattr(loading, "load_classifier", lambda path, scale, steps: digits_classifier)
     with pytest.raises(SampleError, match="has 10 classes, the class-conditional model 4"):
         loading.guided_by_classifier(fake, "digits-classifier")
+
+
+def test_batched_sampler_refuses_missing_or_out_of_range_classifier_labels(tiny_run, digits_classifier):
+    from ddim_jax.generation.batching import BatchedSampler
+
+    sampler = BatchedSampler(loading.load_run(tiny_run).with_classifier(digits_classifier), batch_size=2)
+    with pytest.raises(ValueError, match="needs labels"):
+        sampler._classifier(None)
+    with pytest.raises(ValueError, match=r"in 0\.\.9"):
+        sampler._classifier(np.array([3, 10]))
+    assert set(sampler._classifier(np.array([0, 9]))) == {"cond_fn", "cond_fn_args"}
