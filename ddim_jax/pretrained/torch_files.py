@@ -19,7 +19,11 @@ from ddim_jax.pretrained.files import PretrainedError
 
 def load_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors."""
-    import torch  # only the converters read pickles
+    try:
+        import torch  # only the converters read pickles
+    except ImportError:
+        raise PretrainedError("converting a PyTorch checkpoint needs PyTorch, which the main install leaves out: "
+                              "pip install -e \".[convert]\" (the CPU build is enough)") from None
 
     path = os.fspath(path)
     if not os.path.isfile(path):

@@ -188,3 +188,14 @@ def test_convert_ddim_authors_round_trip(tmp_path, capsys):
     assert main(args[:1] + [str(tmp_path / "bare.pth"), str(tmp_path / "bad")] + args[3:-1] + ["16"]) == 1
     err = capsys.readouterr().err.strip()
     assert "does not match the configured model" in err and "\n" not in err
+
+
+def test_converting_without_torch_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    """The main install has no PyTorch: the converters say how to get it instead of an ImportError."""
+    import sys
+
+    (tmp_path / "ckpt.pth").write_bytes(b"not read")
+    monkeypatch.setitem(sys.modules, "torch", None)   # import torch -> ImportError
+    assert main(["convert-ddim-authors", str(tmp_path / "ckpt.pth"), str(tmp_path / "out")]) != 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and '".[convert]"' in lines[0], lines
