@@ -79,7 +79,8 @@ def main():
     def jitted_step(params, x, t, t_prev):
         t_batch = jnp.full((x.shape[0],), t, jnp.int32)
         eps, x0_hat = eps_and_x0_from_output(apply_fn(x, t_batch, params), x, t, alphas_cumprod, "eps")
-        return x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), 0.0, 0.0)
+        alpha_prev = alpha_at(alphas_cumprod, t_prev)
+        return x_prev_from_x0_eps(x0_hat, eps, alpha_prev, jnp.sqrt(1.0 - alpha_prev), 0.0, 0.0)
 
     jitted_net = jax.jit(apply_fn)
 

@@ -56,17 +56,30 @@ def sigma_kernel(t, t_prev, alphas_cumprod, eta):
     return eta * jnp.sqrt((1.0 - alpha_prev) / (1.0 - alpha)) * jnp.sqrt(1.0 - alpha / alpha_prev)
 
 
-def x_prev_from_x0_eps(x0_hat, eps, alpha_prev, sigma, noise):
-    """Eq. 12 given x0_hat and eps: the mean plus sigma-scaled fresh noise."""
-    # 1 - a_prev - sigma^2 >= 0 for eta in [0, 1]; the clamp only removes float rounding below 0.
-    direction = jnp.sqrt(jnp.maximum(1.0 - alpha_prev - sigma**2, 0.0)) * eps
-    return jnp.sqrt(alpha_prev) * x0_hat + direction + sigma * noise
+def direction_kernel(alpha, alpha_prev, eta):
+    """``sqrt(1 - a_prev - sigma(eta)^2)``, the coefficient of eps in Eq. 12, written as
+    ``sqrt((1 - a_prev) ((1 - eta^2) + eta^2 a_t (1 - a_prev) / (a_prev (1 - a_t))))``: the same
+    value (substitute Eq. 16), a sum of non-negative terms, so nothing cancels. The direct form
+    cancels when sigma^2 is close to ``1 - a_prev``: at eta = 1 from t = 999 of the cosine schedule
+    (a_t = 2.4e-9) it gives 3.45e-4 in float32 against the exact 2.78e-4. eta = 0 gives
+    ``sqrt(1 - a_prev)``; ``a_prev = 1`` (t_prev = -1) gives 0."""
+    eta_squared = eta * eta
+    one_minus_prev = 1.0 - alpha_prev
+    inner = (1.0 - eta_squared) + eta_squared * alpha * one_minus_prev / (alpha_prev * (1.0 - alpha))
+    return jnp.sqrt(one_minus_prev * inner)
+
+
+def x_prev_from_x0_eps(x0_hat, eps, alpha_prev, direction, sigma, noise):
+    """Eq. 12 given x0_hat and eps: ``sqrt(a_prev) x0_hat + direction eps + sigma noise`` with
+    ``direction`` = :func:`direction_kernel` (``sqrt(1 - a_prev)`` when sigma = 0)."""
+    return jnp.sqrt(alpha_prev) * x0_hat + direction * eps + sigma * noise
 
 
 def _generalized_step_one(x_t, eps, t, t_prev, alphas_cumprod, eta, noise):
     x0_hat = _predict_x0_one(x_t, eps, t, alphas_cumprod)
+    alpha, alpha_prev = alpha_at(alphas_cumprod, t), alpha_at(alphas_cumprod, t_prev)
     sigma = sigma_kernel(t, t_prev, alphas_cumprod, eta)
-    return x_prev_from_x0_eps(x0_hat, eps, alpha_at(alphas_cumprod, t_prev), sigma, noise)
+    return x_prev_from_x0_eps(x0_hat, eps, alpha_prev, direction_kernel(alpha, alpha_prev, eta), sigma, noise)
 
 
 def posterior_step_kernel(x_t, x0_hat, t, t_prev, alphas_cumprod, noise):

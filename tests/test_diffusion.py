@@ -93,6 +93,28 @@ def test_generalized_step_matches_float64_reference(eta, t, t_prev):
         assert_close_float32(ddim_step(x_t, eps, t_arr, t_prev_arr, ALPHAS_CUMPROD), expected, scale)
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("t, t_prev", [(999, 899), (999, 989), (500, 400), (10, 0), (3, -1)])
+def test_direction_coefficient_is_exact_where_the_direct_form_cancels(eta, t, t_prev):
+    """sqrt(1 - a_prev - sigma^2) of Eq. 12 on the cosine schedule, whose a_999 = 2.4e-9: in float32
+    the direct form gives 3.45e-4 for (999, 899) at eta = 1 against the exact 2.78e-4 (24% off);
+    ours agrees with float64 to float32 rounding at every step (relative 1e-5)."""
+    from ddim_jax.diffusion import direction_kernel
+
+    alphas32 = alphas_cumprod_from_betas(make_betas("cosine", T))   # what sampling uses (float32)
+    a64 = np.asarray(alphas32, np.float64)                           # the same numbers, exactly, in float64
+    a_t, a_prev = a64[t], (1.0 if t_prev < 0 else a64[t_prev])
+    sigma64 = eta * np.sqrt((1.0 - a_prev) / (1.0 - a_t)) * np.sqrt(1.0 - a_t / a_prev)
+    exact = np.sqrt(max(1.0 - a_prev - sigma64**2, 0.0))
+    ours = float(direction_kernel(jnp.float32(a_t), jnp.float32(a_prev), jnp.float32(eta)))
+    np.testing.assert_allclose(ours, exact, rtol=1e-5, atol=1e-9)
+    if (t, t_prev, eta) == (999, 899, 1.0):   # the case that motivated it: the direct form is 24% off
+        a32, ap32, eta32 = np.float32(a_t), np.float32(a_prev), np.float32(eta)
+        sigma32 = eta32 * np.sqrt((1 - ap32) / (1 - a32)) * np.sqrt(1 - a32 / ap32)
+        direct = np.sqrt(np.maximum(np.float32(1) - ap32 - sigma32 * sigma32, 0))
+        assert abs(direct - exact) / exact > 0.05
+
+
 def test_reference_tolerance_catches_off_by_one_and_missing_sqrt():
     """The tolerance above is tight enough to fail for the classic DDIM bugs."""
     x_t, eps, z = arrays(1)
