@@ -24,13 +24,21 @@ Rows of the table:
   PyTorch) at ``--train-batch``.
 - **memory**: the compiled sampler's ``memory_analysis()`` (temp + argument + output bytes) at
   S = 10 and S = 1000: the scan carries one state, so memory does not grow with S.
+- **adm64 / adm256 network, sample** (``benchmarks/bench_adm.py``): guided-diffusion's released
+  class-conditional ImageNet 64 and 256 UNets (296M / 554M params) on the same random weights in
+  both frameworks: one forward pass at ``--adm-batch`` and a whole DDIM run (``ddim{--adm-steps}``
+  respacing, 25; eta 0, learned sigma, clipped), images/s, ours fp32 / bf16 (the sampler state
+  float32) vs guided-diffusion's PyTorch fp32 (TF32 off; its ``ddim_sample_loop``); the last column
+  against PyTorch fp32 as for the CIFAR-10 rows.
 
 **Budget** (``--budget-s``): the blocks run in this order: the largest batch at S = 20 (always; it
-calibrates the estimates), the measured run, training, the other sampling cells from the cheapest
-(batch x S) up, memory. Before each block its cost is estimated from what was measured so far (a
-compile at a batch already compiled costs what the last one did, at a new batch what the slowest
-did; run time scales with batch x S), times 1.5; a block that does not fit in what is left becomes a
-row "skipped (budget: ...)". ``bench_gpu.md`` and ``bench_gpu.json`` (``--out``, default ``$OUT``)
+calibrates the estimates), the measured run, training, the ADM models (64 then 256), the other
+sampling cells from the cheapest (batch x S) up, memory. Before each block its cost is estimated
+from what was measured so far (a compile at a batch already compiled costs what the last one did,
+at a new batch what the slowest did; run time scales with batch x S; an ADM model costs four
+compiles, guessed from the CIFAR-10 ones, and its runs, for ADM-256 guessed from ADM-64's), times
+1.5; a block that does not fit in what is left becomes a row "skipped (budget: ...)".
+``bench_gpu.md`` and ``bench_gpu.json`` (``--out``, default ``$OUT``)
 are rewritten after every block, so a run killed at its time limit keeps what it measured.
 
 Runs alternate between implementations (interleaved repeats, medians). When jax sees no GPU, or
@@ -56,9 +64,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import configs.cifar10
-from benchmarks import bench_train
+from benchmarks import bench_adm, bench_train
 from benchmarks.device_check import versions_line
-from benchmarks.torch_unet import TORCH_PRECISIONS, make_torch_unet, torch_ddim
+from benchmarks.torch_unet import TORCH_PRECISIONS, make_torch_unet, set_torch_precision, torch_ddim
 from ddim_jax import load_diffusers_unet, sample, timestep_sequence
 from ddim_jax.models import eps_fn_for
 from ddim_jax.models.precision import PRECISIONS
@@ -337,6 +345,101 @@ def bench_memory(config, batch: int, bench: SamplingBench | None = None) -> list
             for steps, sizes in memory.items()]
 
 
+ADM_MODELS = ("adm64", "adm256")
+ADM_COMPILES = 4  # network and sampler, fp32 and bf16
+ADM_256_OVER_64 = 8.0  # guess of ADM-256's time over ADM-64's (16x the pixels at fewer channels per pixel)
+ADM_FIRST_RUNS_GUESS_S = 30.0  # ADM-64's runs before anything was measured
+
+
+def _adm_cell(task: str, runners: dict, warmups: dict, compile_s: dict, batch: int, steps: int | None,
+              repeats: int, torch_device: str | None) -> list[dict]:
+    """One ADM row per runner: one warm-up call each (timed for PyTorch: its compile column), then
+    interleaved repeats; the difference against PyTorch fp32."""
+    for key, warm in warmups.items():
+        start = time.perf_counter()
+        warm()
+        if compile_s.get(key) is None:
+            compile_s[key] = time.perf_counter() - start
+    medians, outputs = _interleave(runners, repeats)
+    reference = outputs.get(("torch", "fp32"))
+    rows = []
+    for (impl, precision), seconds in medians.items():
+        rows.append(dict(task=task, impl=impl, precision=precision, batch=batch, steps=steps,
+                         compile_s=compile_s[(impl, precision)], seconds=seconds,
+                         throughput=f"{batch / seconds:,.1f} img/s",
+                         diff=bench_adm.rel_diff(outputs[(impl, precision)], reference)
+                         if reference is not None else None))
+    if torch_device is None:
+        rows.append(dict(task=task, impl="torch", precision="-", batch=batch, steps=steps,
+                         throughput="skipped (torch has no CUDA)"))
+    return rows
+
+
+def bench_adm_model(name: str, smoke: bool, batch: int, steps: int, repeats: int,
+                    torch_device: str | None) -> list[dict]:
+    """ADM network and DDIM-sampler rows of one released flag set (reduced with ``smoke``): ours fp32
+    and bf16 vs guided-diffusion's PyTorch fp32 on ``torch_device`` (none: ours only)."""
+    import torch
+
+    pair = bench_adm.build_unet(bench_adm.model_flags(name, smoke), device=torch_device or "cpu")
+    set_torch_precision("fp32")
+    x, labels = bench_adm.inputs(batch, pair.image_size)
+    t = np.full(batch, bench_adm.NETWORK_T, np.int32)
+    x_jax, t_jax, y_jax = jnp.asarray(x), jnp.asarray(t), jnp.asarray(labels)
+    device = torch_device or "cpu"
+    x_torch, y_torch = bench_adm.to_nchw(x, device), torch.from_numpy(labels.astype(np.int64)).to(device)
+    t_torch = torch.from_numpy(t.astype(np.int64)).to(device)
+    models = {precision: pair.model.clone(dtype=dtype) for precision, dtype in PRECISIONS.items()}
+
+    runners, compile_s = {}, {}
+    for precision, model in models.items():
+        compiled, compile_s[("ours", precision)] = bench_adm.compile_network(model, pair.params, x_jax, t_jax, y_jax)
+        runners[("ours", precision)] = lambda c=compiled: np.asarray(c(pair.params, x_jax, t_jax, y_jax))
+    if torch_device is not None:
+        def forward():
+            with torch.inference_mode():
+                return pair.torch_model(x_torch, t_torch, y_torch).cpu().numpy().transpose(0, 2, 3, 1)
+        runners[("torch", "fp32")] = forward
+    rows = _adm_cell(f"{name} network", runners, runners, compile_s, batch, None, repeats, torch_device)
+
+    alphas_cumprod = bench_adm.schedule_of(pair.flags)
+    x_T, labels = bench_adm.inputs(batch, pair.image_size, seed=1)
+    x_T_jax, y_jax = jnp.asarray(x_T), jnp.asarray(labels)
+    runners, compile_s = {}, {}
+    for precision, model in models.items():
+        compiled, compile_s[("ours", precision)] = bench_adm.compile_sampler(model, pair.params, alphas_cumprod,
+                                                                             steps, x_T_jax, y_jax)
+        runners[("ours", precision)] = lambda c=compiled: np.asarray(c(x_T_jax, pair.params, y_jax))
+    warmups = dict(runners)
+    if torch_device is not None:
+        y_torch = torch.from_numpy(labels.astype(np.int64)).to(device)
+        runners[("torch", "fp32")] = bench_adm.torch_sampler(pair.torch_model, alphas_cumprod, steps,
+                                                             bench_adm.to_nchw(x_T, device), y_torch)
+        # PyTorch's warm-up: a two-step run (ddim1 does not exist; the network rows chose its kernels).
+        warmups[("torch", "fp32")] = bench_adm.torch_sampler(pair.torch_model, alphas_cumprod, min(steps, 2),
+                                                             bench_adm.to_nchw(x_T, device), y_torch)
+    return rows + _adm_cell(f"{name} sample", runners, warmups, compile_s, batch, steps, repeats, torch_device)
+
+
+def bench_adm_models(smoke: bool, batch: int, steps: int, repeats: int, torch_device: str | None,
+                     budget: Budget, compile_guess_s: float, flush: Callable[[list[dict]], None]) -> None:
+    """:func:`bench_adm_model` for ADM-64 then ADM-256, each only if its estimate fits the budget."""
+    measured: dict[str, float] = {}
+    for name in ADM_MODELS:
+        runs = (measured["adm64"] * ADM_256_OVER_64 if "adm64" in measured and name == "adm256"
+                else ADM_FIRST_RUNS_GUESS_S)
+        estimate = SAFETY * (ADM_COMPILES * compile_guess_s * (2 if name == "adm256" else 1) + runs)
+        if not budget.allows(estimate):
+            flush([dict(task=f"{name} network", impl="-", precision="-", batch=batch,
+                        throughput=budget.note(estimate))])
+            continue
+        start = time.perf_counter()
+        rows = bench_adm_model(name, smoke, batch, steps, repeats, torch_device)
+        compiles = sum(row.get("compile_s") or 0.0 for row in rows if row["impl"] == "ours")
+        measured[name] = time.perf_counter() - start - compiles
+        flush(rows)
+
+
 COLUMNS = [("task", "task"), ("impl", "implementation"), ("precision", "precision"), ("batch", "batch"),
            ("steps", "S"), ("compile_s", "compile / 1st call s"), ("seconds", "s per call"),
            ("throughput", "throughput"), ("projected", f"{NUM_FID_IMAGES:,} images at S=20 (projected / measured)"),
@@ -369,7 +472,8 @@ def plan_cells(batches: Sequence[int], step_counts: Sequence[int]) -> list[tuple
     return [first] + rest
 
 
-TASK_ORDER = ("sample", "measured run", "train", "memory")
+TASK_ORDER = ("sample", "measured run", "train") + tuple(
+    f"{name} {part}" for name in ADM_MODELS for part in ("network", "sample")) + ("memory",)
 
 
 def sorted_rows(rows: list[dict]) -> list[dict]:
@@ -402,13 +506,15 @@ def main(argv: Sequence[str] | None = None) -> str:
                         help="precision of the measured run")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="wall-clock budget: a block whose estimate does not fit is skipped with a note")
-    parser.add_argument("--skip", default="", help="comma-separated blocks not to run: measured,train,memory")
+    parser.add_argument("--adm-batch", type=int, default=16, help="batch of the ADM rows (smoke: 1)")
+    parser.add_argument("--adm-steps", type=int, default=25, help="DDIM steps of the ADM sampler rows (smoke: 2)")
+    parser.add_argument("--skip", default="", help="comma-separated blocks not to run: measured,train,memory,adm")
     parser.add_argument("--out", default=os.environ.get("OUT") or "bench_gpu_out",
                         help="folder for bench_gpu.md and bench_gpu.json (default: $OUT, else bench_gpu_out)")
     args = parser.parse_args(argv)
     skip = {block for block in args.skip.split(",") if block}
-    if skip - {"measured", "train", "memory"}:
-        parser.error(f"--skip takes measured, train, memory; got {args.skip!r}")
+    if skip - {"measured", "train", "memory", "adm"}:
+        parser.error(f"--skip takes measured, train, memory, adm; got {args.skip!r}")
     import torch
 
     budget = Budget(args.budget_s)
@@ -416,11 +522,13 @@ def main(argv: Sequence[str] | None = None) -> str:
         config, batches, step_counts, repeats = tiny_config(), args.batches or "2", args.steps or "2", 1
         train_batch, train_steps, torch_device = 2, 1, "cpu"
         measure_images, measure_steps = min(args.measure_images, 4), 2
+        adm_batch, adm_steps = 1, 2
     else:
         config, repeats = cifar10_config(), args.repeats
         batches, step_counts = args.batches or "256,1024", args.steps or "10,20,50,100"
         train_batch, train_steps = args.train_batch, args.train_steps
         measure_images, measure_steps = args.measure_images, args.measure_steps
+        adm_batch, adm_steps = args.adm_batch, args.adm_steps
         torch_device = "cuda" if torch.cuda.is_available() else None
         if torch_device == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -463,6 +571,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     if "train" not in skip:
         flush(bench_training(config, train_batch, train_steps, torch_device) if budget.allows(estimate) else
               [dict(task="train", impl="-", precision="-", batch=train_batch, throughput=budget.note(estimate))])
+    if "adm" not in skip:
+        bench_adm_models(args.cpu_smoke, adm_batch, adm_steps, repeats, torch_device, budget,
+                         bench.slowest_compile(), flush)
     for batch, steps in cells[1:]:
         flush(sampling_cell_or_skip(bench, batch, steps, budget))
     estimate = SAFETY * sum(bench.compile_estimate("fp32", batches[0]) for steps in (10, 1000)

@@ -5,8 +5,8 @@
 1. Every distribution installed from the carried wheels (``--site``) has its requirements installed
    here (markers evaluated for this interpreter; extras followed one level): a missing one stops the
    run; one at a version outside the declared range is printed as a warning (the imports decide).
-2. The modules the benchmark imports import: diffusers, ml_collections, ddim_jax,
-   benchmarks.bench_gpu (and through them jax, flax, torch).
+2. The modules the benchmark imports import: diffusers, ml_collections, guided_diffusion (its
+   network and diffusion modules), ddim_jax, benchmarks.bench_gpu (and through them jax, flax, torch).
 3. jax's default backend is ``--backend`` and, for ``gpu``, torch sees CUDA.
 
 Prints one line of versions (noting where they differ from pyproject.toml's pins, e.g. the device's
@@ -31,8 +31,9 @@ from packaging.version import Version
 from benchmarks.prepare_device_wheels import active_requirements, pinned_versions
 from benchmarks.torch_reference import import_torchvision
 
-MODULES = ("diffusers", "ml_collections", "ddim_jax", "benchmarks.bench_gpu")
-VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch", "diffusers", "ml-collections")
+MODULES = ("diffusers", "ml_collections", "guided_diffusion.script_util", "ddim_jax", "benchmarks.bench_gpu")
+VERSIONS = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch", "diffusers", "ml-collections",
+            "guided-diffusion-sdk")
 
 
 class CheckError(Exception):

@@ -6,13 +6,14 @@
 
 The accelerator machine (one H200, Python 3.12, manylinux x86-64, no network) has its own jax, torch,
 flax, ... (``DEVICE_PREINSTALLED``) but not what the benchmark also imports: diffusers (the PyTorch
-side) and ml-collections (the configs; grain and tensorflow-datasets are not needed: the training
-step's modules do not import the input pipeline). This script starts from those (``ROOTS``, at the versions pinned
-in pyproject.toml), reads each wheel's ``Requires-Dist`` (markers evaluated for CPython 3.12 on
-Linux x86-64, extras followed) and adds every requirement the device does not have, one version per
-package: a pin from pyproject.toml, else the version installed here if it fits, else pip's newest
-match. It prints the folder's size and exits non-zero (one line) when the working tree plus the wheels
-exceed the limit of one device call.
+side), ml-collections (the configs; grain and tensorflow-datasets are not needed: the training
+step's modules do not import the input pipeline) and guided-diffusion-sdk with blobfile, its declared
+dependency (the ADM rows' PyTorch side; blobfile brings pycryptodomex). This script starts from
+those (``ROOTS``, at the versions pinned in pyproject.toml), reads each wheel's ``Requires-Dist``
+(markers evaluated for CPython 3.12 on Linux x86-64, extras followed) and adds every requirement the
+device does not have, one version per package: a pin from pyproject.toml, else the version installed
+here if it fits, else pip's newest match. It prints the folder's size and exits non-zero (one line)
+when the working tree plus the wheels exceed the limit of one device call.
 
 ``--from-installed`` builds the same set offline by re-packing the distributions installed in this
 environment, tagged for this interpreter (the tests use it; such wheels only suit this Python).
@@ -45,7 +46,7 @@ DEFAULT_DEST = ".whl"
 LIMIT_MIB = 64.0  # the working tree plus carried paths of one device call
 
 # What the benchmark imports that the device lacks; versions from pyproject.toml.
-ROOTS = ("diffusers", "ml-collections")
+ROOTS = ("diffusers", "ml-collections", "guided-diffusion-sdk", "blobfile")
 
 # The device's preinstalled Python packages (the device tool's KINDS.md, as read on 2026-11-17).
 DEVICE_PREINSTALLED = frozenset(canonicalize_name(name) for name in """

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from adm_reference import randomize
 
+from benchmarks.adm_reference import randomize, reference_cond_fn, reference_diffusion
 from ddim_jax.guidance import classifier_cond_fn
 from ddim_jax.models.adm import create_adm_classifier, create_adm_model
 from ddim_jax.models.adm_calls import ADMEpsFn, ADMLogitsFn
@@ -57,34 +57,12 @@ def networks():
             classifier_cond_fn(ADMLogitsFn(classifier)), convert_adm_state_dict(classifier_state, classifier, SIZE))
 
 
-def _reference_diffusion(alphas_cumprod, respacing):
-    """guided-diffusion's ``create_gaussian_diffusion(learn_sigma=True, timestep_respacing=...)`` on the
-    float32 ``alphas_cumprod`` we sample with (betas re-derived from it in float64). With its own
-    float64 schedule, ``1 - alphas_cumprod`` near t = 0 (4e-5 for the cosine schedule) differs from
-    ours by the float32 rounding of alphas_cumprod, 5e-4 relative, which moves the last steps'
-    variance and mean coefficients by as much (see test_float32_schedule_is_the_only_difference)."""
-    from guided_diffusion import gaussian_diffusion as gd
-    from guided_diffusion.respace import SpacedDiffusion, space_timesteps
-
-    ac = np.asarray(alphas_cumprod, np.float64)
-    betas = 1.0 - ac / np.concatenate([[1.0], ac[:-1]])
-    return SpacedDiffusion(use_timesteps=space_timesteps(len(ac), respacing), betas=betas,
-                           model_mean_type=gd.ModelMeanType.EPSILON, model_var_type=gd.ModelVarType.LEARNED_RANGE,
-                           loss_type=gd.LossType.MSE, rescale_timesteps=False)
-
-
 def _reference_run(networks, respacing, loop, eta, guided, x_T, noises, alphas_cumprod):
     ref, ref_classifier = networks[:2]
-    diffusion = _reference_diffusion(alphas_cumprod, respacing)
+    diffusion = reference_diffusion(alphas_cumprod, respacing)
     y = torch.from_numpy(LABELS)
 
-    def cond_fn(x, t, y=None):  # classifier_sample.py's
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            log_probs = torch.nn.functional.log_softmax(ref_classifier(x_in, t), dim=-1)
-            selected = log_probs[range(len(log_probs)), y.view(-1)]
-            return torch.autograd.grad(selected.sum(), x_in)[0] * SCALE
-
+    cond_fn = reference_cond_fn(ref_classifier, SCALE)  # classifier_sample.py's
     pending = [torch.from_numpy(np.asarray(n).transpose(0, 3, 1, 2).copy()) for n in noises]
     with pytest.MonkeyPatch.context() as patch, torch.no_grad():
         patch.setattr(torch, "randn_like", lambda x: pending.pop(0))

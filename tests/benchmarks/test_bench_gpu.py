@@ -49,6 +49,14 @@ def test_cpu_smoke_prints_one_markdown_table(capsys, tmp_path):
     memory = {r["S"]: r["XLA memory (temp + args + out)"] for r in by_task["memory"]}
     assert set(memory) == {"10", "1000"} and memory["10"] == memory["1000"]
     assert all(np.isfinite(float(r["s per call"])) for r in by_task["sample"])
+    # The ADM models (reduced flag sets): ours fp32/bf16 and guided-diffusion's PyTorch fp32, same weights.
+    for task in ("adm64 network", "adm64 sample", "adm256 network", "adm256 sample"):
+        assert [(r["implementation"], r["precision"]) for r in by_task[task]] == [
+            ("ours", "fp32"), ("ours", "bf16"), ("torch", "fp32")], task
+        diffs = {r["implementation"] + r["precision"]: float(r["rel. diff vs torch fp32"]) for r in by_task[task]}
+        assert diffs["oursfp32"] < 1e-3 and diffs["torchfp32"] == 0 and 0 < diffs["oursbf16"] < 0.5, (task, diffs)
+        assert all("img/s" in r["throughput"] for r in by_task[task])
+    assert {r["S"] for r in by_task["adm64 sample"]} == {"2"}
 
 
 def test_cells_run_headline_first_then_cheapest_first():
@@ -65,7 +73,7 @@ def test_budget_skips_what_does_not_fit_with_a_note(tmp_path):
     measured = [r for r in rows if r["task"] == "sample" and r.get("seconds")]
     assert {(r["batch"], r["steps"]) for r in measured} == {(2, 2)} and len(measured) == 5  # calibration cell
     skipped = [(r["task"], r.get("steps")) for r in rows if "skipped (budget" in str(r.get("throughput"))]
-    assert skipped == [("sample", 3), ("measured run", 2)]
+    assert skipped == [("sample", 3), ("measured run", 2), ("adm64 network", None), ("adm256 network", None)]
     assert "skipped (budget" in (tmp_path / "bench_gpu.md").read_text()
 
 
@@ -161,9 +169,9 @@ def _run_offline(python: Path, wheels: Path, tmp_path: Path, *bench_args: str) -
 def test_device_python_lacks_what_the_wheels_carry(device):
     python, wheels = device
     carried = {canonicalize_name(parse_wheel_filename(p.name)[0]) for p in wheels.glob("*.whl")}
-    assert {"diffusers", "ml-collections"} <= carried
+    assert {"diffusers", "ml-collections", "guided-diffusion-sdk", "blobfile"} <= carried
     assert not carried & prepare_device_wheels.DEVICE_PREINSTALLED  # one version each, nothing the device has
-    for name in ("diffusers", "ml_collections"):
+    for name in ("diffusers", "ml_collections", "guided_diffusion"):
         probe = subprocess.run([str(python), "-c", f"import {name}"], capture_output=True, text=True)
         assert probe.returncode != 0, f"the simulated device python imports {name} without the wheels"
     # Every requirement of a carried wheel is either carried or on the device.
@@ -179,17 +187,18 @@ def test_offline_entry_point_installs_the_wheels_and_runs_the_smoke_benchmark(de
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     assert not (tmp_path / "network.log").exists(), (tmp_path / "network.log").read_text()
     assert "device_check: ok: python" in result.stdout and "jax " in result.stdout
-    assert (tmp_path / "site" / "diffusers").is_dir()
+    assert (tmp_path / "site" / "diffusers").is_dir() and (tmp_path / "site" / "guided_diffusion").is_dir()
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir()} == {"bench_gpu.md", "bench_gpu.json", "bench_gpu.log"}
     report = json.loads((out / "bench_gpu.json").read_text())
     tasks = [row["task"] for row in report["rows"]]
     assert tasks.count("sample") == 5 and tasks.count("measured run") == 1 and "train" not in tasks
+    assert tasks.count("adm64 sample") == 3 and tasks.count("adm256 network") == 3  # guided-diffusion from the wheels
     assert "diffusers 0.42.1" in report["versions"] and report["budget_s"] == 450
     assert "| sample | ours | fp32 | 2 | 2 |" in (out / "bench_gpu.md").read_text()
 
 
-@pytest.mark.parametrize("missing", ["diffusers", "lazy_importer"])
+@pytest.mark.parametrize("missing", ["diffusers", "lazy_importer", "blobfile"])
 def test_offline_entry_point_stops_in_one_line_when_a_wheel_is_missing(device, tmp_path, missing):
     python, wheels = device
     partial = tmp_path / "wheels"

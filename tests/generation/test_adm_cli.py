@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from adm_reference import randomize
 
+from benchmarks.adm_reference import randomize
 from ddim_jax.generation import program
 from ddim_jax.generation.loading import load_pretrained
 from ddim_jax.generation.sampler_spec import SampleError

@@ -14,8 +14,8 @@ import os
 import jax
 import numpy as np
 import pytest
-from adm_reference import randomize
 
+from benchmarks.adm_reference import randomize
 from ddim_jax.models import abstract_params
 from ddim_jax.models.adm import create_adm_classifier, create_adm_model
 from ddim_jax.models.adm_config import ADMConfigError, parse_flag_string

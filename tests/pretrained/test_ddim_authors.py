@@ -11,8 +11,8 @@ import functools
 import jax
 import numpy as np
 import pytest
-from adm_reference import randomize
 
+from benchmarks.adm_reference import randomize
 from ddim_jax.models import UNet, abstract_params
 from ddim_jax.pretrained import PretrainedError, load_diffusers_schedule, load_diffusers_unet, main
 from ddim_jax.pretrained.ddim_authors import CELEBA_CONFIG, diffusers_name, unet2d_config
