@@ -97,6 +97,20 @@ def _reference_run(networks, respacing, loop, eta, guided, x_T, noises, alphas_c
 @pytest.mark.parametrize("loop, eta", [("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)], ids=["ddim", "ddim_eta1", "ddpm"])
 @pytest.mark.parametrize("respacing, kind, steps", [("ddim5", "ddim", 5), ("10", "respace", 10)])
 def test_sampling_matches_guided_diffusion_loops(networks, respacing, kind, steps, loop, eta, guided):
+    _check_against_guided_diffusion(networks, respacing, kind, steps, loop, eta, guided)
+
+
+@pytest.mark.parametrize("respacing, kind, steps, loop, eta", [
+    ("ddim25", "ddim", 25, "ddim", 0.0),     # classifier_sample.py --timestep_respacing ddim25 --use_ddim True
+    ("50", "respace", 50, "ddpm", 0.0),       # --timestep_respacing 50 (ancestral, learned variance)
+])
+def test_the_issue_respacings_with_the_classifier(networks, respacing, kind, steps, loop, eta):
+    """The respacings the ADM paper's DDIM rows and issue 18 name, guided (the grid above uses
+    shorter ones of the same two rules)."""
+    _check_against_guided_diffusion(networks, respacing, kind, steps, loop, eta, True)
+
+
+def _check_against_guided_diffusion(networks, respacing, kind, steps, loop, eta, guided):
     _, _, eps_fn, params, cond_fn, classifier_params = networks
     schedule = adm_schedule(dict(noise_schedule="cosine", diffusion_steps=1000, learn_sigma=True,
                                  rescale_timesteps=False, timestep_respacing=""))
