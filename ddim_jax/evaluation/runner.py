@@ -28,7 +28,7 @@ from ddim_jax.evaluation.cells import (
 from ddim_jax.evaluation.measuring import MetricSetup, measure, prepare_metrics
 from ddim_jax.evaluation.reports import TABLE_FILE, merge_records, read_table, write_reports
 from ddim_jax.generation.adm_loading import ClassifierGuidance
-from ddim_jax.generation.loading import LoadedModel, guided_by_classifier, load_pretrained, load_run
+from ddim_jax.generation.loading import LoadedModel, load_checked_classifier, load_pretrained, load_run
 from ddim_jax.generation.modes import run_samples
 from ddim_jax.generation.sampler_spec import SampleError
 from ddim_jax.generation.shards import validate_seed
@@ -112,7 +112,7 @@ def _load(options: EvaluateOptions) -> tuple[LoadedModel, ClassifierGuidance | N
     except PrecisionError as error:
         raise SampleError(str(error)) from None
     warn_if_bf16_on_cpu(getattr(loaded.model, "dtype", "float32"), "evaluate.py")
-    classifier = None if options.classifier is None else guided_by_classifier(loaded, options.classifier).classifier
+    classifier = None if options.classifier is None else load_checked_classifier(loaded, options.classifier)
     return loaded, classifier
 
 

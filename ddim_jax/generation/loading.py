@@ -144,17 +144,17 @@ def check_finite(params: Any, what: str) -> None:
                           f"first {bad[0]}); the checkpoint is unusable")
 
 
-def guided_by_classifier(loaded: LoadedModel, path: str, scale: float = 1.0) -> LoadedModel:
-    """``loaded`` guided by the converted ADM classifier at ``path`` (``--classifier``) at ``scale``:
-    its diffusion steps must be the model's, its weights finite and, for a class-conditional model,
-    its classes the model's."""
+def load_checked_classifier(loaded: LoadedModel, path: str, scale: float = 1.0) -> ClassifierGuidance:
+    """The converted ADM classifier at ``path`` (``--classifier``) at ``scale``, checked against
+    ``loaded``: its diffusion steps must be the model's, its weights finite and, for a
+    class-conditional model, its classes the model's. Attach it with ``loaded.with_classifier``."""
     classifier = load_classifier(path, scale, loaded.num_timesteps)
     check_finite(classifier.params, f"the weights of classifier {path!r}")
     own = int(getattr(loaded.model, "num_classes", 0))
     if own and own != classifier.num_classes:   # one label steers both: the class sets must be one
         raise SampleError(f"--classifier {path!r} has {classifier.num_classes} classes, the class-conditional model "
                           f"{own}; a label must name the same class for both")
-    return loaded.with_classifier(classifier)
+    return classifier
 
 
 def load_pretrained(name_or_path: str, with_run_config: bool = False) -> LoadedModel:

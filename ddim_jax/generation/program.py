@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-from ddim_jax.generation.loading import LoadedModel, guided_by_classifier, load_pretrained, load_run
+from ddim_jax.generation.loading import LoadedModel, load_checked_classifier, load_pretrained, load_run
 from ddim_jax.generation.modes import run_consistency, run_interpolate, run_reconstruct, run_samples
 from ddim_jax.generation.sampler_spec import SampleError, SamplerSpec, check_skip, validate_spec
 from ddim_jax.guidance import parse_label
@@ -267,8 +267,8 @@ def run(options: SampleOptions) -> Any:
     loaded = dataclasses.replace(loaded, model=with_precision(loaded.model, options.precision))
     warn_if_bf16_on_cpu(getattr(loaded.model, "dtype", "float32"), "sample.py")
     if options.classifier is not None:
-        loaded = guided_by_classifier(loaded, options.classifier,
-                                      1.0 if options.classifier_scale is None else options.classifier_scale)
+        scale = 1.0 if options.classifier_scale is None else options.classifier_scale
+        loaded = loaded.with_classifier(load_checked_classifier(loaded, options.classifier, scale))
     spec = resolve_spec(options, loaded)
     label, guidance = resolve_conditioning(options, loaded)
     num = resolve_num(options, loaded)

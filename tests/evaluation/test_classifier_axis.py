@@ -8,6 +8,7 @@ this classifier; everything after it (finite weights, class count, the axis, ide
 the table) is the code ``evaluate.py`` runs.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -117,15 +118,13 @@ def test_classifier_scale_axis_end_to_end_with_resume(tiny_run, tmp_path, classi
     assert len(json.loads((out / "table.json").read_text())) == 2
 
 
-def test_classifier_with_another_class_set_or_guidance_without_null_class_is_refused(tiny_run, digits_classifier,
-                                                                                     monkeypatch):
-    import configs.tiny_cond  # noqa: F401  (a class-conditional config exists; here the class count alone matters)
-
+def test_classifier_with_another_class_set_is_refused(tiny_run, digits_classifier, monkeypatch):
     loaded = loading.load_run(tiny_run)
-    fake = loaded.__class__(**{**loaded.__dict__, "model": loaded.model.clone(num_classes=4)})
+    conditional = dataclasses.replace(loaded, model=loaded.model.clone(num_classes=4))
     monkeypatch.setattr(loading, "load_classifier", lambda path, scale, steps: digits_classifier)
     with pytest.raises(SampleError, match="has 10 classes, the class-conditional model 4"):
-        loading.guided_by_classifier(fake, "digits-classifier")
+        loading.load_checked_classifier(conditional, "digits-classifier")
+    assert loading.load_checked_classifier(loaded, "digits-classifier") is digits_classifier
 
 
 def test_batched_sampler_refuses_missing_or_out_of_range_classifier_labels(tiny_run, digits_classifier):
